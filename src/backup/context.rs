@@ -1,0 +1,125 @@
+//! What every reconcile shares: clients, settings, the Backup cache, and how outside systems are reached.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+
+use crate::api::Backup;
+use crate::aws::{AwsIdentity, AwsSettings, CredentialSource, MetaStore, S3MetaStore, Snapshots, Ec2Snapshots};
+use crate::k8s::StatusWriter;
+use crate::pd::{Pd, PdClient, PdEndpoint};
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// PD URL for a TidbCluster; `{cluster}` and `{namespace}` are substituted.
+    pub pd_url_template: String,
+    /// TTL given to PD for the scheduler pause, config overrides and the GC safepoint; refreshed every third.
+    pub pause_ttl: Duration,
+    /// How long to wait for PD's running operators to drain after pausing.
+    pub quiet_wait: Duration,
+    pub snapshot_concurrency: usize,
+    pub size_concurrency: usize,
+    pub poll_interval: Duration,
+    /// Upper bound on waiting out AWS throttling for one CreateSnapshots.
+    pub throttle_backoff_max: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            pd_url_template: "http://{cluster}-pd.{namespace}:2379".into(),
+            pause_ttl: Duration::from_secs(120),
+            quiet_wait: Duration::from_secs(60),
+            snapshot_concurrency: 8,
+            size_concurrency: 8,
+            poll_interval: Duration::from_secs(5),
+            throttle_backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Settings {
+    pub fn pd_url(&self, cluster: &str, namespace: &str) -> String {
+        self.pd_url_template.replace("{cluster}", cluster).replace("{namespace}", namespace)
+    }
+}
+
+/// AWS clients acting with one Backup's identity.
+pub struct AwsClients {
+    pub snapshots: Arc<dyn Snapshots>,
+    pub meta: Arc<dyn MetaStore>,
+}
+
+/// How a reconcile reaches PD and AWS; tests of pure logic can supply their own.
+#[async_trait]
+pub trait Connectors: Send + Sync {
+    fn pd(&self, endpoint: PdEndpoint) -> Result<Arc<dyn Pd>, crate::pd::PdError>;
+    async fn aws(&self, backup: &Backup, source: &CredentialSource) -> Result<AwsClients, crate::aws::AwsError>;
+}
+
+pub struct RealConnectors {
+    pub settings: AwsSettings,
+    identities: Mutex<HashMap<(String, String), AwsIdentity>>,
+}
+
+impl RealConnectors {
+    pub fn new(settings: AwsSettings) -> Self {
+        Self { settings, identities: Mutex::new(HashMap::new()) }
+    }
+}
+
+#[async_trait]
+impl Connectors for RealConnectors {
+    fn pd(&self, endpoint: PdEndpoint) -> Result<Arc<dyn Pd>, crate::pd::PdError> {
+        Ok(Arc::new(PdClient::new(endpoint)?))
+    }
+
+    async fn aws(&self, backup: &Backup, source: &CredentialSource) -> Result<AwsClients, crate::aws::AwsError> {
+        let s3 = backup.spec.s3.clone().unwrap_or_default();
+        let (bucket, prefix) = s3.bucket_and_prefix().unwrap_or_default();
+        let uid = backup.metadata.uid.clone().unwrap_or_default();
+        let key = (uid, format!("{:?}", source.describe()));
+        let cached = self.identities.lock().expect("identity cache").get(&key).cloned();
+        let identity = match cached {
+            Some(identity) if identity.fresh_for(Duration::from_secs(300)) => identity,
+            _ => {
+                let session = crate::aws::credentials::session_name(
+                    backup.metadata.namespace.as_deref().unwrap_or_default(),
+                    backup.metadata.name.as_deref().unwrap_or_default(),
+                );
+                let identity = AwsIdentity::resolve(&self.settings, source, s3.region.as_deref(), &session).await?;
+                self.identities.lock().expect("identity cache").insert(key, identity.clone());
+                identity
+            }
+        };
+        let mut s3_config = aws_sdk_s3::config::Builder::from(&identity.config);
+        if let Some(endpoint) = s3.endpoint.as_deref().filter(|e| !e.is_empty()) {
+            s3_config = s3_config.endpoint_url(endpoint).force_path_style(s3.force_path_style.unwrap_or(true));
+        } else if let Some(force) = s3.force_path_style {
+            s3_config = s3_config.force_path_style(force);
+        } else if identity.config.endpoint_url().is_some() {
+            // An endpoint override (an S3-compatible store or an emulator) rarely serves virtual-host buckets.
+            s3_config = s3_config.force_path_style(true);
+        }
+        let s3_client = aws_sdk_s3::Client::from_conf(s3_config.build());
+        Ok(AwsClients {
+            snapshots: Arc::new(Ec2Snapshots::new(&identity.config)),
+            meta: Arc::new(S3MetaStore::new(s3_client, bucket, prefix)),
+        })
+    }
+}
+
+pub struct Context {
+    pub client: kube::Client,
+    pub settings: Settings,
+    pub connectors: Arc<dyn Connectors>,
+    pub writer: Arc<StatusWriter>,
+    pub recorder: Recorder,
+    pub backups: Store<Backup>,
+    pub keepers: super::keeper::Keepers,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}

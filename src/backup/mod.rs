@@ -1,0 +1,110 @@
+//! The volume-snapshot backup reconciler: a resumable state machine over what each Backup records.
+
+pub mod context;
+pub mod keeper;
+pub mod machine;
+pub mod meta;
+pub mod record;
+pub mod steps;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use tracing::Instrument;
+
+use crate::api::Backup;
+pub use context::{Context, Settings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Status(#[from] crate::k8s::StatusWriterError),
+    #[error("the Backup's record annotation is unreadable: {0}")]
+    Record(serde_json::Error),
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "KubernetesAPIFailed",
+            Self::Status(_) => "StatusWriteFailed",
+            Self::Record(_) => "RecordUnreadable",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action> {
+    let span = tracing::info_span!("backup", namespace = %backup.namespace().unwrap_or_default(), name = %backup.name_any());
+    async move {
+        if !backup.is_volume_snapshot() || backup.meta().deletion_timestamp.is_some() {
+            return Ok(Action::await_change());
+        }
+        let run = steps::Reconcile::new(&ctx, (*backup).clone())?;
+        match run.run().await? {
+            Some(after) => Ok(Action::requeue(after)),
+            None => Ok(Action::await_change()),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+pub fn error_policy(backup: Arc<Backup>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(namespace = %backup.namespace().unwrap_or_default(), name = %backup.name_any(), %error, "reconcile failed; retrying");
+    ctx.metrics.reconcile_error(error.reason());
+    match error {
+        Error::Record(_) => Action::await_change(),
+        _ => Action::requeue(Duration::from_secs(5)),
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: kube::Client,
+    settings: Settings,
+    connectors: Arc<dyn context::Connectors>,
+    metrics: Arc<crate::metrics::Metrics>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let backups: Api<Backup> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let controller = Controller::new(backups, watcher::Config::default().any_semantic());
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings,
+        connectors,
+        writer: Arc::new(crate::k8s::StatusWriter::new()),
+        recorder: kube::runtime::events::Recorder::new(client, "tidb-ebs-backup".into()),
+        backups: controller.store(),
+        keepers: Default::default(),
+        metrics: metrics.clone(),
+    });
+    let store = controller.store();
+    let ready = metrics.clone();
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            ready.set_ready();
+        }
+    });
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}

@@ -1,0 +1,165 @@
+//! What this operator has done for a Backup, persisted on the Backup itself before the next side effect.
+//!
+//! It lives in an annotation rather than in `.status`: TiDB Operator's own Backup CRD has a closed status
+//! schema that would prune fields it does not know, and its controller rewrites status with full updates.
+//! Annotations survive both. The human-facing truth (phase, conditions, progress) is in `.status`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::api::Backup;
+use crate::k8s::volumes::{PdVolume, TikvStoreVolumes};
+
+pub const RECORD_ANNOTATION: &str = "tidb-ebs-backup/record";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRecord {
+    /// Unix seconds when this operator started working on the Backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<SnapshotPlan>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_ts: Option<u64>,
+    /// Instances a CreateSnapshots call was (or may have been) sent for; their snapshots are looked
+    /// up by tag before any second call, as CreateSnapshots has no idempotency token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshot_requests: Vec<String>,
+    /// volume id -> snapshot id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub snapshots: BTreeMap<String, String>,
+    #[serde(default)]
+    pub resumed: bool,
+    #[serde(default)]
+    pub meta_written: bool,
+    /// A failure decided but not yet fully handled (resume, delete snapshots) when the operator stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// Snapshots deleted while handling a failure or a deletion.
+    #[serde(default)]
+    pub snapshots_deleted: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    pub reason: String,
+    pub message: String,
+}
+
+/// What is to be snapshotted: one CreateSnapshots per instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotPlan {
+    pub cluster_namespace: String,
+    pub cluster: String,
+    pub pd_url: String,
+    pub cluster_version: String,
+    pub stores: Vec<TikvStoreVolumes>,
+    pub pd_volumes: Vec<PdVolume>,
+    pub instances: Vec<InstancePlan>,
+    /// volume id -> availability zone.
+    pub volume_az: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstancePlan {
+    pub instance_id: String,
+    pub volume_ids: Vec<String>,
+    /// Other data volumes attached to the instance, which must not be snapshotted.
+    pub exclude_volume_ids: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseRecord {
+    pub service_safepoint_id: String,
+    pub ttl_seconds: u64,
+    /// Unix seconds when the pause began.
+    pub paused_at: i64,
+    /// Unix seconds of the last successful (re)pause.
+    pub refreshed_at: i64,
+    pub schedulers: Vec<String>,
+    pub paused_config: Map<String, Value>,
+    pub original_config: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safepoint: Option<u64>,
+}
+
+impl BackupRecord {
+    pub fn of(backup: &Backup) -> Result<Self, serde_json::Error> {
+        match backup.annotations().get(RECORD_ANNOTATION) {
+            Some(json) => serde_json::from_str(json),
+            None => Ok(Self::default()),
+        }
+    }
+
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).expect("record serialises")
+    }
+
+    pub fn paused(&self) -> bool {
+        self.pause.is_some() && !self.resumed
+    }
+
+    pub fn all_snapshots_created(&self) -> bool {
+        self.plan
+            .as_ref()
+            .is_some_and(|plan| plan.instances.iter().flat_map(|i| &i.volume_ids).all(|v| self.snapshots.contains_key(v)))
+    }
+
+    pub fn instances_without_snapshots(&self) -> Vec<&InstancePlan> {
+        self.plan
+            .as_ref()
+            .map(|plan| {
+                plan.instances.iter().filter(|i| i.volume_ids.iter().any(|v| !self.snapshots.contains_key(v))).collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> SnapshotPlan {
+        SnapshotPlan {
+            cluster_namespace: "ns".into(),
+            cluster: "basic".into(),
+            pd_url: "http://pd".into(),
+            cluster_version: "8.5.5".into(),
+            stores: vec![],
+            pd_volumes: vec![],
+            instances: vec![
+                InstancePlan { instance_id: "i-1".into(), volume_ids: vec!["vol-a".into(), "vol-b".into()], exclude_volume_ids: vec![] },
+                InstancePlan { instance_id: "i-2".into(), volume_ids: vec!["vol-c".into()], exclude_volume_ids: vec![] },
+            ],
+            volume_az: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn tracks_which_instances_still_need_snapshots() {
+        let mut record = BackupRecord { plan: Some(plan()), ..Default::default() };
+        assert_eq!(record.instances_without_snapshots().len(), 2);
+        record.snapshots.insert("vol-a".into(), "snap-a".into());
+        assert_eq!(record.instances_without_snapshots().len(), 2, "i-1 is only half done");
+        record.snapshots.insert("vol-b".into(), "snap-b".into());
+        record.snapshots.insert("vol-c".into(), "snap-c".into());
+        assert!(record.instances_without_snapshots().is_empty());
+        assert!(record.all_snapshots_created());
+    }
+
+    #[test]
+    fn round_trips_through_the_annotation() {
+        let record = BackupRecord { plan: Some(plan()), resolved_ts: Some(42), ..Default::default() };
+        let back: BackupRecord = serde_json::from_str(&record.to_annotation()).unwrap();
+        assert_eq!(back, record);
+    }
+}

@@ -1,0 +1,970 @@
+//! The side effects of each step. Every step records what it did on the Backup before the next one
+//! starts, so a restarted operator continues (or fails cleanly) from the record.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+
+use super::context::{AwsClients, Context};
+use super::keeper::apply_pause;
+use super::machine::{Step, next_step, pause_lapsed};
+use super::meta::{self, MetaInputs, TAG_BACKUP_UID};
+use super::record::{BackupRecord, Failure, InstancePlan, PauseRecord, RECORD_ANNOTATION, SnapshotPlan};
+use super::{Error, Result};
+use crate::api::condition::{NewCondition, set_condition, set_progress};
+use crate::api::format::{go_duration, human_bytes};
+use crate::api::tidbcluster::{ClusterFacts, tidbcluster_resource};
+use crate::api::{Backup, BackupStatus, ConditionType};
+use crate::aws::{AwsError, SnapshotState};
+use crate::k8s::identity::credential_source;
+use crate::k8s::volumes::resolve_volumes;
+use crate::pd::{Pd, PdEndpoint, PdTls, SCHEDULERS_TO_PAUSE, pause_config_values};
+
+pub const SNAPSHOT_PROGRESS_STEP: &str = "Snapshot";
+const MIN_CLUSTER_VERSION: (u64, u64) = (6, 3);
+
+/// What the reconcile loop does after a step.
+pub enum Outcome {
+    Continue,
+    Requeue(Duration),
+    Stop,
+}
+
+pub struct Reconcile<'a> {
+    ctx: &'a Context,
+    api: Api<Backup>,
+    backup: Backup,
+    record: BackupRecord,
+}
+
+fn now_time() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+fn unix_now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn failure(reason: &str, message: impl Into<String>) -> Failure {
+    Failure { reason: reason.into(), message: message.into() }
+}
+
+impl<'a> Reconcile<'a> {
+    pub fn new(ctx: &'a Context, backup: Backup) -> Result<Self> {
+        let api = Api::namespaced(ctx.client.clone(), backup.metadata.namespace.as_deref().unwrap_or_default());
+        let record = BackupRecord::of(&backup).map_err(Error::Record)?;
+        Ok(Self { ctx, api, backup, record })
+    }
+
+    fn uid(&self) -> String {
+        self.backup.metadata.uid.clone().unwrap_or_default()
+    }
+
+    fn name(&self) -> String {
+        self.backup.name_any()
+    }
+
+    /// Runs steps until one has to wait or the backup is finished.
+    pub async fn run(mut self) -> Result<Option<Duration>> {
+        loop {
+            let step = next_step(&self.backup, &self.record);
+            tracing::debug!(?step, "next step");
+            let outcome = match step {
+                Step::Ignore | Step::Done => return Ok(None),
+                Step::Schedule => self.schedule().await?,
+                Step::Preflight => self.preflight().await?,
+                Step::Pause => self.pause().await?,
+                Step::Snapshot => self.snapshot().await?,
+                Step::Resume => self.resume().await?,
+                Step::WriteMeta => self.write_meta().await?,
+                Step::WaitSnapshots => self.wait_snapshots().await?,
+                Step::Finish => self.finish().await?,
+                Step::HandleFailure(failure) => self.handle_failure(failure).await?,
+            };
+            match outcome {
+                Outcome::Continue => continue,
+                Outcome::Requeue(after) => return Ok(Some(after)),
+                Outcome::Stop => return Ok(None),
+            }
+        }
+    }
+
+    /// Writes status and the record together; publishes an Event when the phase changes.
+    async fn save(&mut self, mut change: impl FnMut(&mut BackupStatus, &mut BackupRecord, &Time)) -> Result<()> {
+        let now = now_time();
+        let before = self.backup.phase().cloned();
+        let base_record = self.record.clone();
+        let mut applied = base_record.clone();
+        let stored = self
+            .ctx
+            .writer
+            .update(&self.api, &self.backup, |owned| {
+                let mut record = owned
+                    .annotations
+                    .get(RECORD_ANNOTATION)
+                    .and_then(|json| serde_json::from_str(json).ok())
+                    .unwrap_or_else(|| base_record.clone());
+                change(&mut owned.status, &mut record, &now);
+                owned.annotations.insert(RECORD_ANNOTATION.into(), record.to_annotation());
+                applied = record;
+            })
+            .await?;
+        self.backup = stored;
+        self.record = applied;
+        let after = self.backup.phase().cloned();
+        if after != before {
+            if let Some(phase) = after {
+                self.publish_phase(&phase).await;
+                self.ctx.metrics.phase_entered(&phase);
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_phase(&self, phase: &ConditionType) {
+        let status = self.backup.status.clone().unwrap_or_default();
+        let condition = status.conditions.iter().find(|c| &c.type_ == phase);
+        let warning = matches!(phase, ConditionType::Failed | ConditionType::Invalid | ConditionType::CleanFailed);
+        let reason = condition.and_then(|c| c.reason.clone()).unwrap_or_else(|| format!("{phase:?}"));
+        let note = condition.and_then(|c| c.message.clone()).unwrap_or_else(|| format!("Backup is {phase:?}"));
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: truncate(&reason, 128),
+            note: Some(truncate(&note, 1024)),
+            action: format!("{phase:?}"),
+            secondary: None,
+        };
+        if let Err(e) = self.ctx.recorder.publish(&event, &self.backup.object_ref(&())).await {
+            tracing::warn!(error = %e, "publishing an Event failed");
+        }
+    }
+
+    async fn condition(&mut self, condition: NewCondition) -> Result<()> {
+        let mut condition = Some(condition);
+        self.save(|status, _, now| {
+            if let Some(c) = condition.take() {
+                set_condition(status, c, now);
+            }
+        })
+        .await
+    }
+
+    async fn fail(&mut self, failure: Failure) -> Result<Outcome> {
+        tracing::warn!(reason = %failure.reason, message = %failure.message, "backup failed");
+        let mut failure = Some(failure);
+        self.save(|_, record, _| {
+            if record.failure.is_none() {
+                record.failure = failure.take();
+            }
+        })
+        .await?;
+        Ok(Outcome::Continue)
+    }
+
+    async fn invalid(&mut self, message: impl Into<String>) -> Result<Outcome> {
+        self.condition(NewCondition::truthy(ConditionType::Invalid).because("InvalidSpec", message)).await?;
+        Ok(Outcome::Stop)
+    }
+
+    // ---- Schedule -------------------------------------------------------------------------------
+
+    async fn schedule(&mut self) -> Result<Outcome> {
+        self.save(|status, record, now| {
+            set_condition(status, NewCondition::truthy(ConditionType::Scheduled), now);
+            record.started_at.get_or_insert(now.0.as_second());
+        })
+        .await?;
+        Ok(Outcome::Continue)
+    }
+
+    /// The Backup that goes first for this TidbCluster, if not this one: the one already past
+    /// `Scheduled`, else the oldest waiting.
+    fn backup_ahead(&self) -> Option<String> {
+        let cluster = (self.backup.cluster_namespace(), self.backup.spec.br.cluster.clone());
+        let me = (self.backup.metadata.creation_timestamp.clone(), self.backup.metadata.namespace.clone(), self.name());
+        self.ctx
+            .backups
+            .state()
+            .iter()
+            .filter(|other| other.metadata.uid != self.backup.metadata.uid)
+            .filter(|other| other.metadata.deletion_timestamp.is_none() && other.is_volume_snapshot())
+            .filter(|other| other.spec.federal_volume_backup_phase.is_none())
+            .filter(|other| (other.cluster_namespace(), other.spec.br.cluster.clone()) == cluster)
+            .filter(|other| !other.phase().is_some_and(ConditionType::is_terminal))
+            .find(|other| {
+                let started = BackupRecord::of(other).is_ok_and(|r| r.plan.is_some());
+                let key = (other.metadata.creation_timestamp.clone(), other.metadata.namespace.clone(), other.name_any());
+                started || (other.phase().is_some() && key < me)
+            })
+            .map(|other| format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any()))
+    }
+
+    // ---- Preflight ------------------------------------------------------------------------------
+
+    async fn preflight(&mut self) -> Result<Outcome> {
+        let spec = &self.backup.spec;
+        if spec.br.cluster.is_empty() {
+            return self.invalid("spec.br.cluster is required: name the TidbCluster to back up");
+        }
+        let Some((bucket, _)) = spec.s3.as_ref().and_then(|s3| s3.bucket_and_prefix()) else {
+            return self.invalid("a volume-snapshot backup needs spec.s3 with a bucket (or the legacy path)");
+        };
+        if let Some(ahead) = self.backup_ahead() {
+            let message = format!("waiting for Backup {ahead} of the same TidbCluster to finish");
+            self.condition(NewCondition::truthy(ConditionType::Scheduled).because("WaitingForOtherBackup", message)).await?;
+            return Ok(Outcome::Requeue(Duration::from_secs(10)));
+        }
+        match self.plan().await? {
+            Ok((plan, aws)) => {
+                let location = aws.meta.location();
+                let _ = bucket;
+                self.save(|status, record, now| {
+                    record.plan = Some(plan.clone());
+                    status.backup_path = Some(location.clone());
+                    status.time_started = Some(now.clone());
+                    set_condition(status, NewCondition::truthy(ConditionType::Prepare), now);
+                })
+                .await?;
+                Ok(Outcome::Continue)
+            }
+            Err(failure) => self.fail(failure).await,
+        }
+    }
+
+    async fn aws_clients(&self) -> std::result::Result<AwsClients, Failure> {
+        let source = credential_source(&self.ctx.client, &self.backup, 3600)
+            .await
+            .map_err(|e| failure(e.reason(), e.to_string()))?;
+        self.ctx.connectors.aws(&self.backup, &source).await.map_err(|e| {
+            failure("AWSCredentialsFailed", format!("using {}: {e}", source.describe()))
+        })
+    }
+
+    async fn pd_client(&self, cluster: &str, namespace: &str, tls_cluster: bool, url: &str) -> std::result::Result<Arc<dyn Pd>, Failure> {
+        let tls = if tls_cluster {
+            let secret_name = format!("{cluster}-cluster-client-secret");
+            let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), namespace);
+            let secret = secrets
+                .get_opt(&secret_name)
+                .await
+                .map_err(|e| failure("KubernetesAPIFailed", format!("reading Secret {namespace}/{secret_name}: {e}")))?
+                .ok_or_else(|| failure("PDTLSSecretNotFound", format!("TLS is enabled for the cluster but Secret {namespace}/{secret_name} does not exist")))?;
+            let get = |key: &str| {
+                secret.data.as_ref().and_then(|d| d.get(key)).map(|v| v.0.clone()).ok_or_else(|| {
+                    failure("PDTLSSecretInvalid", format!("Secret {namespace}/{secret_name} has no {key}"))
+                })
+            };
+            Some(PdTls { ca_pem: get("ca.crt")?, cert_pem: get("tls.crt")?, key_pem: get("tls.key")? })
+        } else {
+            None
+        };
+        self.ctx
+            .connectors
+            .pd(PdEndpoint { url: url.to_string(), tls })
+            .map_err(|e| failure(e.reason(), e.to_string()))
+    }
+
+    async fn tidbcluster(&self, namespace: &str, cluster: &str) -> Result<Option<DynamicObject>> {
+        let api: Api<DynamicObject> = Api::namespaced_with(self.ctx.client.clone(), namespace, &tidbcluster_resource());
+        Ok(api.get_opt(cluster).await?)
+    }
+
+    /// Checks everything that can be checked without touching the cluster, and plans the snapshots.
+    async fn plan(&self) -> Result<std::result::Result<(SnapshotPlan, AwsClients), Failure>> {
+        let cluster = self.backup.spec.br.cluster.clone();
+        let namespace = self.backup.cluster_namespace();
+        let Some(tc) = self.tidbcluster(&namespace, &cluster).await? else {
+            return Ok(Err(failure("TidbClusterNotFound", format!("TidbCluster {namespace}/{cluster} (spec.br.cluster) does not exist"))));
+        };
+        let facts = ClusterFacts::from_object(&tc);
+        if facts.tiflash_replicas > 0 {
+            return Ok(Err(failure(
+                "TiFlashNotSupported",
+                format!("TidbCluster {namespace}/{cluster} has TiFlash; EBS snapshot backups do not capture TiFlash volumes"),
+            )));
+        }
+        if facts.tikv_replicas <= 0 {
+            return Ok(Err(failure("NoTiKV", format!("TidbCluster {namespace}/{cluster} has no TiKV replicas"))));
+        }
+        let pd_url = self.ctx.settings.pd_url(&cluster, &namespace);
+        let pd = match self.pd_client(&cluster, &namespace, facts.tls_cluster, &pd_url).await {
+            Ok(pd) => pd,
+            Err(f) => return Ok(Err(f)),
+        };
+        let pd_failure = |e: crate::pd::PdError| failure(e.reason(), e.to_string());
+        let version = match pd.cluster_version().await {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(pd_failure(e))),
+        };
+        if !version_at_least(&version, MIN_CLUSTER_VERSION) {
+            return Ok(Err(failure("ClusterVersionTooOld", format!("cluster version {version} is below 6.3.0, the first with EBS snapshot backup"))));
+        }
+        let stores = match pd.stores().await {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(pd_failure(e))),
+        };
+        if let Some(tiflash) = stores.iter().find(|s| s.is_tiflash()) {
+            return Ok(Err(failure("TiFlashNotSupported", format!("PD lists TiFlash store {} ({})", tiflash.id, tiflash.address))));
+        }
+        match pd.min_resolved_ts().await {
+            Ok(ts) if ts.is_real_time && ts.ts > 0 && ts.ts != u64::MAX => {}
+            Ok(_) => {
+                return Ok(Err(failure(
+                    "MinResolvedTsNotEnabled",
+                    "PD's min resolved ts is not real-time: keep pd-server.min-resolved-ts-persistence-interval and TiKV's report-min-resolved-ts-interval non-zero",
+                )));
+            }
+            Err(e) => return Ok(Err(pd_failure(e))),
+        }
+        let volumes = match resolve_volumes(&self.ctx.client, &namespace, &cluster, &facts).await {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(failure(e.reason(), e.to_string()))),
+        };
+        let tikv_stores: Vec<_> = stores.iter().filter(|s| s.state_name != "Tombstone").collect();
+        for store in &volumes.tikv {
+            let Some(pd_store) = tikv_stores.iter().find(|s| s.id == store.store_id) else {
+                return Ok(Err(failure("StoreMismatch", format!("pod {} is labelled store {}, which PD does not know", store.pod, store.store_id))));
+            };
+            if !pd_store.address.starts_with(&format!("{}.", store.pod)) {
+                return Ok(Err(failure(
+                    "StoreMismatch",
+                    format!("PD store {} is at {}, not pod {}", store.store_id, pd_store.address, store.pod),
+                )));
+            }
+            if pd_store.state_name != "Up" {
+                return Ok(Err(failure("StoreNotUp", format!("TiKV store {} ({}) is {}", store.store_id, store.pod, pd_store.state_name))));
+            }
+        }
+        let ours: BTreeSet<u64> = volumes.tikv.iter().map(|s| s.store_id).collect();
+        let pod_prefix = format!("{cluster}-tikv-");
+        if let Some(missing) = tikv_stores.iter().find(|s| s.address.starts_with(&pod_prefix) && !ours.contains(&s.id)) {
+            return Ok(Err(failure("StoreMismatch", format!("PD store {} ({}) has no TiKV pod", missing.id, missing.address))));
+        }
+        let aws = match self.aws_clients().await {
+            Ok(aws) => aws,
+            Err(f) => return Ok(Err(f)),
+        };
+        let aws_failure = |e: AwsError| failure(e.reason(), e.to_string());
+        if let Err(e) = aws.meta.check_bucket().await {
+            return Ok(Err(failure("BucketNotAccessible", format!("{}: {e}", aws.meta.location()))));
+        }
+        match aws.meta.exists(meta::META_FILE).await {
+            Ok(false) => {}
+            Ok(true) => {
+                return Ok(Err(failure(
+                    "FileExistedInExternalStorage",
+                    format!("{}/{} already exists: use a new prefix for every backup", aws.meta.location(), meta::META_FILE),
+                )));
+            }
+            Err(e) => return Ok(Err(aws_failure(e))),
+        }
+        let tikv_volume_ids: Vec<String> = volumes.tikv.iter().flat_map(|s| s.volumes.iter().map(|v| v.volume_id.clone())).collect();
+        let pd_volume_ids: Vec<String> = volumes.pd.iter().map(|v| v.volume_id.clone()).collect();
+        let described = match aws.snapshots.describe_volumes(&[tikv_volume_ids.clone(), pd_volume_ids].concat()).await {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(aws_failure(e))),
+        };
+        let by_id: BTreeMap<_, _> = described.iter().map(|v| (v.volume_id.clone(), v)).collect();
+        let mut instances: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for store in &volumes.tikv {
+            let mut store_instance = None;
+            for volume in &store.volumes {
+                let Some(info) = by_id.get(&volume.volume_id) else {
+                    return Ok(Err(failure("VolumeNotFound", format!("EBS volume {} of pod {} does not exist", volume.volume_id, store.pod))));
+                };
+                let Some(instance) = info.instance_id.clone() else {
+                    return Ok(Err(failure("VolumeNotAttached", format!("EBS volume {} of pod {} is not attached to an instance", volume.volume_id, store.pod))));
+                };
+                if store_instance.get_or_insert_with(|| instance.clone()) != &instance {
+                    return Ok(Err(failure("VolumesOnSeveralInstances", format!("the volumes of pod {} are attached to different instances", store.pod))));
+                }
+                instances.entry(instance).or_default().push(volume.volume_id.clone());
+            }
+        }
+        for pd_volume in &volumes.pd {
+            if !by_id.contains_key(&pd_volume.volume_id) {
+                return Ok(Err(failure("VolumeNotFound", format!("EBS volume {} of PD pod {} does not exist", pd_volume.volume_id, pd_volume.pod))));
+            }
+        }
+        let mut instance_plans = Vec::new();
+        for (instance_id, volume_ids) in instances {
+            let attached = match aws.snapshots.instance_volumes(&instance_id).await {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(aws_failure(e))),
+            };
+            let exclude_volume_ids = attached.into_iter().filter(|v| !volume_ids.contains(v)).collect();
+            instance_plans.push(InstancePlan { instance_id, volume_ids, exclude_volume_ids });
+        }
+        let plan = SnapshotPlan {
+            cluster_namespace: namespace,
+            cluster,
+            pd_url,
+            cluster_version: version,
+            stores: volumes.tikv,
+            pd_volumes: volumes.pd,
+            instances: instance_plans,
+            volume_az: tikv_volume_ids
+                .iter()
+                .filter_map(|id| Some((id.clone(), by_id.get(id)?.availability_zone.clone())))
+                .collect(),
+        };
+        Ok(Ok((plan, aws)))
+    }
+
+    async fn plan_pd(&self) -> std::result::Result<Arc<dyn Pd>, Failure> {
+        let plan = self.record.plan.as_ref().ok_or_else(|| failure("RecordLost", "no snapshot plan recorded"))?;
+        let tls = match self.tidbcluster(&plan.cluster_namespace, &plan.cluster).await {
+            Ok(Some(tc)) => ClusterFacts::from_object(&tc).tls_cluster,
+            _ => false,
+        };
+        self.pd_client(&plan.cluster, &plan.cluster_namespace, tls, &plan.pd_url).await
+    }
+
+    // ---- Pause ----------------------------------------------------------------------------------
+
+    async fn pause(&mut self) -> Result<Outcome> {
+        let pd = match self.plan_pd().await {
+            Ok(pd) => pd,
+            Err(f) => return self.fail(f).await,
+        };
+        let ttl = self.ctx.settings.pause_ttl.as_secs().max(3);
+        let store_count = self.record.plan.as_ref().map_or(1, |p| p.stores.len());
+        let (schedulers, config) = match tokio::try_join!(pd.schedulers(), pd.schedule_config()) {
+            Ok(found) => found,
+            Err(e) => return self.fail(failure(e.reason(), format!("reading PD schedulers/config: {e}"))).await,
+        };
+        let schedulers: Vec<String> = schedulers.into_iter().filter(|s| SCHEDULERS_TO_PAUSE.contains(&s.as_str())).collect();
+        let (paused_config, original_config) = pause_config_values(&config, store_count);
+        let pause = PauseRecord {
+            service_safepoint_id: format!("tidb-ebs-backup-{}", self.uid()),
+            ttl_seconds: ttl,
+            paused_at: unix_now(),
+            refreshed_at: unix_now(),
+            schedulers,
+            paused_config,
+            original_config,
+            safepoint: None,
+        };
+        // Recorded before PD is touched: whatever happens next, a restart knows what to undo.
+        let intent = pause.clone();
+        self.save(|status, record, now| {
+            record.pause = Some(intent.clone());
+            set_condition(status, NewCondition::truthy(ConditionType::Running).because("PausingScheduling", "pausing PD scheduling and GC"), now);
+        })
+        .await?;
+        if let Err(e) = apply_pause(pd.as_ref(), &pause).await {
+            return self.fail(failure("PDPauseFailed", format!("pausing PD scheduling: {e}"))).await;
+        }
+        if let Err(f) = wait_until_quiet(pd.as_ref(), self.ctx.settings.quiet_wait).await {
+            return self.fail(f).await;
+        }
+        let resolved_ts = match pd.min_resolved_ts().await {
+            Ok(ts) if ts.is_real_time && ts.ts > 0 && ts.ts != u64::MAX => ts.ts,
+            Ok(ts) => return self.fail(failure("MinResolvedTsNotEnabled", format!("PD's min resolved ts is not usable ({ts:?})"))).await,
+            Err(e) => return self.fail(failure(e.reason(), format!("reading min resolved ts: {e}"))).await,
+        };
+        let safepoint = resolved_ts - 1;
+        match pd.update_service_safepoint(&pause.service_safepoint_id, ttl as i64, safepoint).await {
+            Ok(update) if update.min_safe_point > safepoint => {
+                return self
+                    .fail(failure(
+                        "GCSafepointAhead",
+                        format!("PD's GC safepoint {} ({}) is already past the resolved ts {resolved_ts}", update.min_safe_point, update.min_service_id),
+                    ))
+                    .await;
+            }
+            Ok(_) => {}
+            Err(e) => return self.fail(failure(e.reason(), format!("setting the service GC safepoint: {e}"))).await,
+        }
+        match pd.gc_safepoints().await {
+            Ok(gc) if gc.gc_safe_point >= resolved_ts => {
+                return self
+                    .fail(failure("GCSafepointAhead", format!("PD's GC safepoint {} is not below the resolved ts {resolved_ts}", gc.gc_safe_point)))
+                    .await;
+            }
+            Ok(_) => {}
+            Err(e) => return self.fail(failure(e.reason(), format!("reading the GC safepoint: {e}"))).await,
+        }
+        let message = format!("scheduling and GC paused at resolved ts {resolved_ts} (TTL {ttl}s, kept alive)");
+        self.save(|status, record, now| {
+            if let Some(p) = record.pause.as_mut() {
+                p.safepoint = Some(safepoint);
+                p.refreshed_at = now.0.as_second();
+            }
+            record.resolved_ts = Some(resolved_ts);
+            set_condition(status, NewCondition::truthy(ConditionType::VolumeBackupInitialized).because("Paused", message.clone()), now);
+        })
+        .await?;
+        self.ensure_keeper(pd);
+        Ok(Outcome::Continue)
+    }
+
+    fn ensure_keeper(&self, pd: Arc<dyn Pd>) {
+        if let Some(pause) = self.record.pause.clone().filter(|_| !self.record.resumed) {
+            self.ctx.keepers.start(&self.uid(), pd, self.api.clone(), self.name(), self.ctx.writer.clone(), pause);
+        }
+    }
+
+    // ---- Snapshot -------------------------------------------------------------------------------
+
+    async fn snapshot(&mut self) -> Result<Outcome> {
+        let pause = self.record.pause.clone().expect("pause recorded before snapshots");
+        let now = unix_now();
+        if !self.ctx.keepers.is_running(&self.uid()) && pause_lapsed(pause.refreshed_at, pause.ttl_seconds, now) {
+            return self
+                .fail(failure("PauseLapsed", "the PD pause expired before all snapshots were started (was the operator down?); the snapshots would not be consistent"))
+                .await;
+        }
+        let max_window = self.backup.spec.volume_backup_init_job_max_active_seconds;
+        if now - pause.paused_at > max_window {
+            return self
+                .fail(failure("PauseWindowExceeded", format!("snapshots were not all started within {max_window}s (spec.volumeBackupInitJobMaxActiveSeconds)")))
+                .await;
+        }
+        let pd = match self.plan_pd().await {
+            Ok(pd) => pd,
+            Err(f) => return self.fail(f).await,
+        };
+        self.ensure_keeper(pd);
+        let aws = match self.aws_clients().await {
+            Ok(aws) => aws,
+            Err(f) => return self.fail(f).await,
+        };
+        if !self.record.snapshot_requests.is_empty() {
+            if let Err(e) = self.adopt_snapshots_by_tag(&aws).await {
+                return self.fail(failure(e.reason(), format!("looking up this backup's snapshots: {e}"))).await;
+            }
+        }
+        let pending: Vec<InstancePlan> = self.record.instances_without_snapshots().into_iter().cloned().collect();
+        let requested: Vec<String> = pending.iter().map(|i| i.instance_id.clone()).collect();
+        self.save(|_, record, _| {
+            for instance in &requested {
+                if !record.snapshot_requests.contains(instance) {
+                    record.snapshot_requests.push(instance.clone());
+                }
+            }
+        })
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs((pause.paused_at + max_window - now).max(1) as u64);
+        let plan = self.record.plan.clone().expect("plan recorded");
+        let calls = pending.into_iter().map(|instance| {
+            let snapshots = aws.snapshots.clone();
+            let already: BTreeSet<String> = self.record.snapshots.keys().cloned().collect();
+            let tags = meta::snapshot_tags(&self.backup, &plan, &instance.instance_id);
+            let backoff_max = self.ctx.settings.throttle_backoff_max;
+            let metrics = self.ctx.metrics.clone();
+            async move {
+                let mut exclude = instance.exclude_volume_ids.clone();
+                exclude.extend(instance.volume_ids.iter().filter(|v| already.contains(*v)).cloned());
+                let result = retry_throttled(deadline, backoff_max, &metrics, "CreateSnapshots", || {
+                    snapshots.create_snapshots(&instance.instance_id, &exclude, &tags)
+                })
+                .await;
+                (instance, result)
+            }
+        });
+        let mut results = futures::stream::iter(calls).buffer_unordered(self.ctx.settings.snapshot_concurrency.max(1));
+        let mut first_error = None;
+        while let Some((instance, result)) = results.next().await {
+            match result {
+                Ok(created) => {
+                    let unexpected: Vec<_> = created.iter().filter(|c| !instance.volume_ids.contains(&c.volume_id)).map(|c| c.snapshot_id.clone()).collect();
+                    if !unexpected.is_empty() {
+                        tracing::error!(instance = %instance.instance_id, ?unexpected, "CreateSnapshots snapshotted volumes it was told to exclude");
+                    }
+                    let total = plan.instances.iter().map(|i| i.volume_ids.len()).sum::<usize>().max(1);
+                    self.save(|status, record, now| {
+                        for c in &created {
+                            record.snapshots.insert(c.volume_id.clone(), c.snapshot_id.clone());
+                        }
+                        let message = format!("{} of {total} snapshots started", record.snapshots.len());
+                        set_condition(status, NewCondition::truthy(ConditionType::VolumeBackupInitialized).because("Snapshotting", message), now);
+                    })
+                    .await?;
+                    self.ctx.metrics.snapshots_started(created.len());
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %instance.instance_id, error = %e, "CreateSnapshots failed");
+                    first_error.get_or_insert((instance, e));
+                }
+            }
+        }
+        drop(results);
+        if let Some((instance, e)) = first_error {
+            // A timeout may hide a snapshot AWS did create: the failure handler finds those by tag.
+            return self
+                .fail(failure("CreateSnapshotsFailed", format!("snapshotting instance {}: {e}", instance.instance_id)))
+                .await;
+        }
+        Ok(Outcome::Continue)
+    }
+
+    /// Snapshots of this backup found by tag, recorded for the volumes that have none yet.
+    async fn adopt_snapshots_by_tag(&mut self, aws: &AwsClients) -> std::result::Result<(), AwsError> {
+        let found = aws.snapshots.find_snapshots_by_tag(TAG_BACKUP_UID, &self.uid()).await?;
+        let planned: BTreeSet<String> = self.record.plan.iter().flat_map(|p| p.instances.iter().flat_map(|i| i.volume_ids.clone())).collect();
+        let adopt: Vec<_> = found
+            .into_iter()
+            .filter(|s| planned.contains(&s.volume_id) && s.state != SnapshotState::Error && !self.record.snapshots.contains_key(&s.volume_id))
+            .collect();
+        if adopt.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(count = adopt.len(), "adopting snapshots created before a restart or timeout");
+        self.save(|_, record, _| {
+            for s in &adopt {
+                record.snapshots.entry(s.volume_id.clone()).or_insert_with(|| s.snapshot_id.clone());
+            }
+        })
+        .await
+        .map_err(|e| AwsError::Unexpected(e.to_string()))
+    }
+
+    // ---- Resume ---------------------------------------------------------------------------------
+
+    async fn resume_pd(&self) -> std::result::Result<(), String> {
+        let Some(pause) = self.record.pause.clone() else { return Ok(()) };
+        self.ctx.keepers.stop(&self.uid());
+        let pd = self.plan_pd().await.map_err(|f| f.message)?;
+        let mut errors = Vec::new();
+        for scheduler in &pause.schedulers {
+            if let Err(e) = pd.pause_scheduler(scheduler, 0).await {
+                if !e.to_string().contains("scheduler not found") {
+                    errors.push(format!("resuming {scheduler}: {e}"));
+                }
+            }
+        }
+        if !pause.original_config.is_empty() {
+            if let Err(e) = pd.set_config_with_ttl(&pause.original_config, 0).await {
+                errors.push(format!("restoring schedule config: {e}"));
+            }
+        }
+        if let Err(e) = pd.update_service_safepoint(&pause.service_safepoint_id, 0, 0).await {
+            errors.push(format!("removing the service GC safepoint: {e}"));
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    }
+
+    async fn resume(&mut self) -> Result<Outcome> {
+        match self.resume_pd().await {
+            Ok(()) => {
+                let elapsed = self.record.pause.as_ref().map_or(0, |p| unix_now() - p.paused_at);
+                self.ctx.metrics.pause_window(elapsed as f64);
+                self.save(|_, record, _| record.resumed = true).await?;
+                Ok(Outcome::Continue)
+            }
+            Err(message) => self.fail(failure("PDResumeFailed", message)).await,
+        }
+    }
+
+    // ---- Metadata -------------------------------------------------------------------------------
+
+    async fn write_meta(&mut self) -> Result<Outcome> {
+        let plan = self.record.plan.clone().expect("plan recorded");
+        let Some(tc) = self.tidbcluster(&plan.cluster_namespace, &plan.cluster).await? else {
+            return self.fail(failure("TidbClusterNotFound", "the TidbCluster disappeared during the backup")).await;
+        };
+        let facts = ClusterFacts::from_object(&tc);
+        let volumes = match resolve_volumes(&self.ctx.client, &plan.cluster_namespace, &plan.cluster, &facts).await {
+            Ok(v) => v,
+            Err(e) => return self.fail(failure(e.reason(), e.to_string())).await,
+        };
+        let tc_json = serde_json::to_value(&tc).unwrap_or_default();
+        let inputs = MetaInputs {
+            pvs: &volumes.pvs,
+            pvcs: &volumes.pvcs,
+            tidbcluster: &tc_json,
+            tikv_replicas: plan.stores.len(),
+            pd_replicas: facts.pd_replicas,
+            tidb_replicas: facts.tidb_replicas,
+        };
+        let backupmeta = match meta::build_backupmeta(&self.record, &inputs) {
+            Ok(m) => m,
+            Err(message) => return self.fail(failure("BackupMetaInvalid", message)).await,
+        };
+        let aws = match self.aws_clients().await {
+            Ok(aws) => aws,
+            Err(f) => return self.fail(f).await,
+        };
+        let body = serde_json::to_vec(&backupmeta).expect("json");
+        match aws.meta.put_if_absent(meta::META_FILE, body).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // After a restart the object may be ours; anything else is someone else's backup.
+                let existing = aws.meta.get(meta::META_FILE).await.ok().flatten().and_then(|b| serde_json::from_slice(&b).ok());
+                let ours = existing.is_some_and(|m| meta::snapshot_ids_in_meta(&m) == meta::snapshot_ids_in_meta(&backupmeta));
+                if !ours {
+                    return self
+                        .fail(failure("FileExistedInExternalStorage", format!("{}/{} was written by someone else meanwhile", aws.meta.location(), meta::META_FILE)))
+                        .await;
+                }
+            }
+            Err(e) => return self.fail(failure("BackupMetaWriteFailed", format!("writing {}/{}: {e}", aws.meta.location(), meta::META_FILE))).await,
+        }
+        let message = format!("{} snapshots started; backupmeta written", self.record.snapshots.len());
+        self.save(|status, record, now| {
+            record.meta_written = true;
+            status.commit_ts = record.resolved_ts.map(|ts| ts.to_string());
+            set_condition(status, NewCondition::truthy(ConditionType::VolumeBackupSnapshotsCreated).because("SnapshotsCreated", message.clone()), now);
+            set_progress(status, SNAPSHOT_PROGRESS_STEP, 0.0, now);
+        })
+        .await?;
+        Ok(Outcome::Continue)
+    }
+
+    // ---- Completion -----------------------------------------------------------------------------
+
+    async fn wait_snapshots(&mut self) -> Result<Outcome> {
+        let aws = match self.aws_clients().await {
+            Ok(aws) => aws,
+            Err(f) => return self.fail(f).await,
+        };
+        let ids: Vec<String> = self.record.snapshots.values().cloned().collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let snapshots = match retry_throttled(deadline, self.ctx.settings.throttle_backoff_max, &self.ctx.metrics, "DescribeSnapshots", || {
+            aws.snapshots.describe_snapshots(&ids)
+        })
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "DescribeSnapshots failed; retrying");
+                return Ok(Outcome::Requeue(self.ctx.settings.poll_interval));
+            }
+        };
+        if let Some(broken) = snapshots.iter().find(|s| s.state == SnapshotState::Error) {
+            let detail = broken.state_message.clone().unwrap_or_default();
+            return self
+                .fail(failure("SnapshotFailed", format!("snapshot {} of volume {} ended in error {detail}", broken.snapshot_id, broken.volume_id)))
+                .await;
+        }
+        let found: BTreeSet<&str> = snapshots.iter().map(|s| s.snapshot_id.as_str()).collect();
+        if let Some(missing) = ids.iter().find(|id| !found.contains(id.as_str())) {
+            return self.fail(failure("SnapshotMissing", format!("snapshot {missing} no longer exists"))).await;
+        }
+        let progress = snapshots.iter().map(|s| if s.state == SnapshotState::Completed { 100.0 } else { s.progress }).sum::<f64>()
+            / snapshots.len().max(1) as f64;
+        let complete = snapshots.iter().all(|s| s.state == SnapshotState::Completed);
+        let message = format!("{} of {} snapshots completed", snapshots.iter().filter(|s| s.state == SnapshotState::Completed).count(), snapshots.len());
+        self.save(|status, _, now| {
+            set_progress(status, SNAPSHOT_PROGRESS_STEP, if complete { 100.0 } else { progress.min(99.9) }, now);
+            if complete {
+                set_condition(status, NewCondition::truthy(ConditionType::VolumeBackupComplete).because("SnapshotsCompleted", message.clone()), now);
+            }
+        })
+        .await?;
+        Ok(if complete { Outcome::Continue } else { Outcome::Requeue(self.ctx.settings.poll_interval) })
+    }
+
+    async fn finish(&mut self) -> Result<Outcome> {
+        let sizes = match self.aws_clients().await {
+            Ok(aws) => self.sizes(&aws).await,
+            Err(f) => Err(f.message),
+        };
+        let (full, incremental) = match sizes {
+            Ok(sizes) => sizes,
+            Err(message) => {
+                tracing::warn!(%message, "size calculation failed; the backup itself is complete");
+                (None, None)
+            }
+        };
+        let started = self.backup.status.as_ref().and_then(|s| s.time_started.clone());
+        self.save(|status, record, now| {
+            if let Some(full) = full {
+                status.backup_size = Some(full as i64);
+                status.backup_size_readable = Some(human_bytes(full));
+            }
+            if let Some(incremental) = incremental {
+                status.incremental_backup_size = Some(incremental as i64);
+                status.incremental_backup_size_readable = Some(human_bytes(incremental));
+            }
+            status.commit_ts = record.resolved_ts.map(|ts| ts.to_string());
+            status.time_completed = Some(now.clone());
+            if let Some(started) = &started {
+                let elapsed = now.0.duration_since(started.0).unsigned_abs();
+                status.time_taken = Some(go_duration(elapsed));
+            }
+            set_condition(status, NewCondition::truthy(ConditionType::Complete), now);
+        })
+        .await?;
+        self.ctx.metrics.backup_finished("complete", self.record.started_at.map(|s| (unix_now() - s) as f64));
+        Ok(Outcome::Stop)
+    }
+
+    /// Full and incremental bytes per `calcSizeLevel`; `None` where not asked for.
+    async fn sizes(&self, aws: &AwsClients) -> std::result::Result<(Option<u64>, Option<u64>), String> {
+        let level = self.backup.spec.calc_size_level;
+        if !level.full() && !level.incremental() {
+            return Ok((None, None));
+        }
+        let ids: Vec<String> = self.record.snapshots.values().cloned().collect();
+        let described = aws.snapshots.describe_snapshots(&ids).await.map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let backoff = self.ctx.settings.throttle_backoff_max;
+        let metrics = &self.ctx.metrics;
+        let per_volume = described.iter().map(|snapshot| async move {
+            let full = match snapshot.full_size_bytes {
+                Some(bytes) => bytes,
+                None => retry_throttled(deadline, backoff, metrics, "ListSnapshotBlocks", || aws.snapshots.snapshot_block_bytes(&snapshot.snapshot_id)).await?,
+            };
+            let incremental = if level.incremental() {
+                let history = retry_throttled(deadline, backoff, metrics, "DescribeSnapshots", || aws.snapshots.completed_snapshots_of_volume(&snapshot.volume_id)).await?;
+                let position = history.iter().position(|s| s.snapshot_id == snapshot.snapshot_id);
+                match position.and_then(|p| p.checked_sub(1)).map(|p| &history[p]) {
+                    Some(previous) => {
+                        retry_throttled(deadline, backoff, metrics, "ListChangedBlocks", || {
+                            aws.snapshots.changed_block_bytes(&previous.snapshot_id, &snapshot.snapshot_id)
+                        })
+                        .await?
+                    }
+                    None => full,
+                }
+            } else {
+                0
+            };
+            Ok::<_, AwsError>((full, incremental))
+        });
+        let results: Vec<_> = futures::stream::iter(per_volume).buffer_unordered(self.ctx.settings.size_concurrency.max(1)).collect().await;
+        let (mut full, mut incremental) = (0u64, 0u64);
+        for result in results {
+            let (f, i) = result.map_err(|e| e.to_string())?;
+            full += f;
+            incremental += i;
+        }
+        Ok((level.full().then_some(full), level.incremental().then_some(incremental)))
+    }
+
+    // ---- Failure --------------------------------------------------------------------------------
+
+    async fn handle_failure(&mut self, failure: Failure) -> Result<Outcome> {
+        let mut notes = Vec::new();
+        if self.record.paused() {
+            match self.resume_pd().await {
+                Ok(()) => self.save(|_, record, _| record.resumed = true).await?,
+                Err(message) => {
+                    let ttl = self.record.pause.as_ref().map_or(0, |p| p.ttl_seconds);
+                    notes.push(format!("could not resume PD ({message}); PD drops the pause by itself within {ttl}s"));
+                }
+            }
+        }
+        if !self.record.snapshots_deleted && (!self.record.snapshots.is_empty() || !self.record.snapshot_requests.is_empty()) {
+            match self.delete_own_snapshots().await {
+                Ok(count) => {
+                    notes.push(format!("deleted the {count} snapshots this backup had created"));
+                    self.save(|_, record, _| record.snapshots_deleted = true).await?;
+                }
+                Err(message) => notes.push(format!("could not delete this backup's snapshots: {message}")),
+            }
+        }
+        if self.record.meta_written {
+            if let Ok(aws) = self.aws_clients().await {
+                if let Err(e) = aws.meta.delete(meta::META_FILE).await {
+                    notes.push(format!("could not delete backupmeta: {e}"));
+                }
+            }
+        }
+        let message = if notes.is_empty() { failure.message.clone() } else { format!("{}; {}", failure.message, notes.join("; ")) };
+        self.save(|status, _, now| {
+            set_condition(status, NewCondition::truthy(ConditionType::Failed).because(failure.reason.clone(), message.clone()), now);
+        })
+        .await?;
+        self.ctx.metrics.backup_finished("failed", None);
+        Ok(Outcome::Stop)
+    }
+
+    /// Deletes every snapshot this backup created: recorded ones and any found by tag.
+    async fn delete_own_snapshots(&self) -> std::result::Result<usize, String> {
+        let aws = self.aws_clients().await.map_err(|f| f.message)?;
+        let mut ids: BTreeSet<String> = self.record.snapshots.values().cloned().collect();
+        let tagged = aws.snapshots.find_snapshots_by_tag(TAG_BACKUP_UID, &self.uid()).await.map_err(|e| e.to_string())?;
+        ids.extend(tagged.into_iter().map(|s| s.snapshot_id));
+        let deadline = Instant::now() + Duration::from_secs(300);
+        for id in &ids {
+            retry_throttled(deadline, self.ctx.settings.throttle_backoff_max, &self.ctx.metrics, "DeleteSnapshot", || aws.snapshots.delete_snapshot(id))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(ids.len())
+    }
+}
+
+/// Waits until PD runs no operators (scheduling has drained after the pause).
+async fn wait_until_quiet(pd: &dyn Pd, limit: Duration) -> std::result::Result<(), Failure> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match pd.operators().await {
+            Ok(ops) if ops.is_empty() => return Ok(()),
+            Ok(ops) if Instant::now() >= deadline => {
+                return Err(failure("ScheduleNotQuiet", format!("PD still runs {} operators {}s after pausing", ops.len(), limit.as_secs())));
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(e) => return Err(failure(e.reason(), format!("listing PD operators: {e}"))),
+        }
+    }
+}
+
+/// Retries `call` while AWS throttles (rate limits and snapshot quotas), with jittered exponential backoff.
+pub async fn retry_throttled<T, F, Fut>(
+    deadline: Instant,
+    backoff_max: Duration,
+    metrics: &crate::metrics::Metrics,
+    operation: &'static str,
+    mut call: F,
+) -> std::result::Result<T, AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, AwsError>>,
+{
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let result = call().await;
+        metrics.aws_call(operation, &result);
+        match result {
+            Err(e) if e.is_throttle() && Instant::now() + delay < deadline => {
+                tracing::info!(%operation, error = %e, delay_ms = delay.as_millis() as u64, "AWS throttled; waiting");
+                let jitter = 0.5 + (jiff::Timestamp::now().subsec_nanosecond() as f64 / 1e9) * 0.5;
+                tokio::time::sleep(delay.mul_f64(jitter)).await;
+                delay = (delay * 2).min(backoff_max);
+            }
+            other => return other,
+        }
+    }
+}
+
+fn version_at_least(version: &str, (major, minor): (u64, u64)) -> bool {
+    let mut parts = version.trim_start_matches('v').split(['.', '-']).map(|p| p.parse::<u64>().unwrap_or(0));
+    let (v_major, v_minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (v_major, v_minor) >= (major, minor)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_versions() {
+        assert!(version_at_least("8.5.5", (6, 3)));
+        assert!(version_at_least("v6.3.0", (6, 3)));
+        assert!(!version_at_least("6.2.9", (6, 3)));
+        assert!(!version_at_least("5.4.0-nightly", (6, 3)));
+        assert!(!version_at_least("None", (6, 3)));
+    }
+}

@@ -1,0 +1,79 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use tidb_ebs_backup::aws::AwsSettings;
+use tidb_ebs_backup::backup::{self, Settings, context::RealConnectors};
+use tidb_ebs_backup::metrics::{self, Metrics};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Backs up TiDB clusters on EKS with EBS snapshots, driven by `Backup` resources (backupMode: volume-snapshot).
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Watch Backups in this namespace only (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// PD URL per TidbCluster; {cluster} and {namespace} are replaced.
+    #[arg(long, env = "PD_URL_TEMPLATE", default_value = "http://{cluster}-pd.{namespace}:2379")]
+    pd_url_template: String,
+    /// TTL of the PD pause (schedulers, config, GC safepoint); refreshed every third of it.
+    #[arg(long, env = "PAUSE_TTL_SECONDS", default_value_t = 120)]
+    pause_ttl_seconds: u64,
+    /// CreateSnapshots calls in flight at once.
+    #[arg(long, env = "SNAPSHOT_CONCURRENCY", default_value_t = 8)]
+    snapshot_concurrency: usize,
+    /// How often pending snapshots are polled.
+    #[arg(long, env = "POLL_INTERVAL_SECONDS", default_value_t = 5)]
+    poll_interval_seconds: u64,
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// tracing filter, e.g. `info` or `tidb_ebs_backup=debug`.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow_free::Result {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)?;
+    match args.log_format {
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+    }
+    let client = kube::Client::try_default().await?;
+    let settings = Settings {
+        pd_url_template: args.pd_url_template,
+        pause_ttl: Duration::from_secs(args.pause_ttl_seconds),
+        snapshot_concurrency: args.snapshot_concurrency,
+        poll_interval: Duration::from_secs(args.poll_interval_seconds),
+        ..Settings::default()
+    };
+    let metrics = Arc::new(Metrics::default());
+    let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
+    let connectors = Arc::new(RealConnectors::new(AwsSettings::from_environment().await));
+    tracing::info!(namespace = ?args.namespace, "starting");
+    backup::run(client, settings, connectors, metrics, args.namespace, shutdown_signal()).await;
+    server.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+mod anyhow_free {
+    pub type Result = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
+}

@@ -1,0 +1,148 @@
+//! Prometheus metrics and the health endpoints (`/metrics`, `/healthz`, `/readyz`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::api::ConditionType;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AwsLabel {
+    operation: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    phases: Family<PhaseLabel, Counter>,
+    results: Family<ResultLabel, Counter>,
+    backup_duration: Histogram,
+    pause_window: Histogram,
+    snapshots_started: Counter,
+    aws_calls: Family<AwsLabel, Counter>,
+    reconcile_errors: Family<ReasonLabel, Counter>,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tidb_ebs_backup");
+        let phases = Family::<PhaseLabel, Counter>::default();
+        let results = Family::<ResultLabel, Counter>::default();
+        let backup_duration = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        let pause_window = Histogram::new(exponential_buckets(0.25, 2.0, 12));
+        let snapshots_started = Counter::default();
+        let aws_calls = Family::<AwsLabel, Counter>::default();
+        let reconcile_errors = Family::<ReasonLabel, Counter>::default();
+        registry.register("backup_phase_transitions", "Backups entering each phase", phases.clone());
+        registry.register("backups_finished", "Backups finished, by result", results.clone());
+        registry.register("backup_duration_seconds", "Time from start to Complete", backup_duration.clone());
+        registry.register("pause_window_seconds", "Time PD scheduling and GC stayed paused", pause_window.clone());
+        registry.register("snapshots_started", "EBS snapshots started", snapshots_started.clone());
+        registry.register("aws_calls", "AWS API calls by operation and outcome (ok, throttled, error)", aws_calls.clone());
+        registry.register("reconcile_errors", "Reconcile errors by reason", reconcile_errors.clone());
+        Self {
+            registry,
+            phases,
+            results,
+            backup_duration,
+            pause_window,
+            snapshots_started,
+            aws_calls,
+            reconcile_errors,
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn phase_entered(&self, phase: &ConditionType) {
+        let phase = match phase {
+            ConditionType::Other(_) => "Other".to_string(),
+            known => format!("{known:?}"),
+        };
+        self.phases.get_or_create(&PhaseLabel { phase }).inc();
+    }
+
+    pub fn backup_finished(&self, result: &str, seconds: Option<f64>) {
+        self.results.get_or_create(&ResultLabel { result: result.into() }).inc();
+        if let Some(seconds) = seconds {
+            self.backup_duration.observe(seconds);
+        }
+    }
+
+    pub fn pause_window(&self, seconds: f64) {
+        self.pause_window.observe(seconds);
+    }
+
+    pub fn snapshots_started(&self, count: usize) {
+        self.snapshots_started.inc_by(count as u64);
+    }
+
+    pub fn aws_call<T>(&self, operation: &str, result: &Result<T, crate::aws::AwsError>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(e) if e.is_throttle() => "throttled",
+            Err(_) => "error",
+        };
+        self.aws_calls.get_or_create(&AwsLabel { operation: operation.into(), outcome: outcome.into() }).inc();
+    }
+
+    pub fn reconcile_error(&self, reason: &'static str) {
+        self.reconcile_errors.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("metrics encode");
+        text
+    }
+}
+
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(|State(m): State<Arc<Metrics>>| async move { m.encode() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                if m.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "watch not synced") }
+            }),
+        )
+        .with_state(metrics);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await
+}

@@ -1,0 +1,417 @@
+//! Shared helpers for the integration tests that run against the local stack (`tests/harness/up`).
+//!
+//! Every test file does `mod support;` and starts with `let stack = Stack::get();`. The stack is shared
+//! by all tests of a run, and tests run in parallel: everything a test makes lives in its own namespace
+//! (`stack.unique_namespace(..)`), and cluster-scoped objects carry that namespace in their names.
+#![allow(dead_code)]
+
+pub mod emulator;
+pub mod fixture;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::io::AsyncWriteExt;
+
+pub use emulator::Emulator;
+pub use fixture::{FixtureVolume, PdMember, TidbClusterFixture, TikvMember};
+
+/// The message for a test run without a stack.
+pub const NO_STACK: &str = "HARNESS_ENV is not set: start the stack with tests/harness/up or run the README test command \
+     (HARNESS_ENV=<the env file `up` printed> cargo test ...)";
+
+/// What `tests/harness/up` wrote to its env file.
+#[derive(Clone, Debug)]
+pub struct Stack {
+    pub workdir: PathBuf,
+    pub kubeconfig: PathBuf,
+    /// `https://127.0.0.1:<port>`
+    pub kube_apiserver: String,
+    /// Holds ca.crt, admin.crt/key, sa.key/pub.
+    pub kube_pki: PathBuf,
+    pub kubectl_bin: PathBuf,
+    pub helm_bin: PathBuf,
+    pub aws_endpoint_url: String,
+    /// `http://127.0.0.1:<port>/_emulator`
+    pub aws_emulator_control: String,
+    pub aws_access_key_id: String,
+    pub aws_secret_access_key: String,
+    pub aws_region: String,
+    /// Real pd-server, `http://127.0.0.1:<port>`.
+    pub pd_url: String,
+    /// fake-tikv's control API.
+    pub fake_tikv_control: String,
+    /// Every KEY=VALUE of the env file, including ones this struct has no field for.
+    pub vars: BTreeMap<String, String>,
+}
+
+impl Stack {
+    /// The stack named by `HARNESS_ENV`, read once per test binary.
+    pub fn get() -> &'static Stack {
+        static STACK: OnceLock<Stack> = OnceLock::new();
+        STACK.get_or_init(|| {
+            let path = std::env::var_os("HARNESS_ENV").filter(|p| !p.is_empty()).unwrap_or_else(|| panic!("{NO_STACK}"));
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("reading HARNESS_ENV file {}: {e}; {NO_STACK}", PathBuf::from(&path).display()));
+            Stack::parse(&text).unwrap_or_else(|e| panic!("HARNESS_ENV file {}: {e}", PathBuf::from(&path).display()))
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Stack, String> {
+        let vars: BTreeMap<String, String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+            .collect();
+        let missing: Vec<&str> = [
+            "HARNESS_WORKDIR",
+            "KUBECONFIG",
+            "KUBE_APISERVER",
+            "KUBE_PKI",
+            "KUBECTL",
+            "HELM",
+            "AWS_ENDPOINT_URL",
+            "AWS_EMULATOR_CONTROL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_REGION",
+            "PD_URL",
+            "FAKE_TIKV_CONTROL",
+        ]
+        .into_iter()
+        .filter(|k| !vars.contains_key(*k))
+        .collect();
+        if !missing.is_empty() {
+            return Err(format!("missing keys {missing:?}"));
+        }
+        let v = |k: &str| vars[k].clone();
+        let trim = |k: &str| vars[k].trim_end_matches('/').to_string();
+        Ok(Stack {
+            workdir: v("HARNESS_WORKDIR").into(),
+            kubeconfig: v("KUBECONFIG").into(),
+            kube_apiserver: trim("KUBE_APISERVER"),
+            kube_pki: v("KUBE_PKI").into(),
+            kubectl_bin: v("KUBECTL").into(),
+            helm_bin: v("HELM").into(),
+            aws_endpoint_url: trim("AWS_ENDPOINT_URL"),
+            aws_emulator_control: trim("AWS_EMULATOR_CONTROL"),
+            aws_access_key_id: v("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key: v("AWS_SECRET_ACCESS_KEY"),
+            aws_region: v("AWS_REGION"),
+            pd_url: trim("PD_URL"),
+            fake_tikv_control: trim("FAKE_TIKV_CONTROL"),
+            vars,
+        })
+    }
+
+    // ---- Kubernetes --------------------------------------------------------------------------------
+
+    /// A fresh admin client (a client's connection pool belongs to the runtime that made it, and every
+    /// `#[tokio::test]` has its own runtime, so clients are not shared between tests).
+    pub async fn kube_client(&self) -> kube::Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)
+            .unwrap_or_else(|e| panic!("reading kubeconfig {}: {e}", self.kubeconfig.display()));
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", self.kubeconfig.display()));
+        kube::Client::try_from(config).expect("kube client from the harness kubeconfig")
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        let path = self.kube_pki.join("ca.crt");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
+    /// reqwest client that trusts the apiserver's CA but presents no client certificate.
+    pub fn apiserver_http_anonymous(&self) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(&self.ca_pem()).expect("CA PEM");
+        reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .tls_built_in_root_certs(false)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("reqwest client")
+    }
+
+    /// Creates a namespace `<prefix>-<8 hex>` (label `tidb-ebs-backup.test/prefix=<prefix>`) and returns its
+    /// name. Namespaces are not deleted: there is no namespace controller to finalize them, and the stack
+    /// is thrown away after the run.
+    pub async fn unique_namespace(&self, prefix: &str) -> String {
+        let client = self.kube_client().await;
+        create_unique_namespace(&client, prefix).await
+    }
+
+    /// Creates `name` if it does not exist yet (AlreadyExists is fine).
+    pub async fn ensure_namespace(&self, name: &str) {
+        let api: Api<Namespace> = Api::all(self.kube_client().await);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        match api.create(&PostParams::default(), &ns).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => panic!("creating namespace {name}: {e}"),
+        }
+    }
+
+    /// Runs kubectl with the harness kubeconfig.
+    pub async fn kubectl<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.kubectl_with_stdin(args, None).await
+    }
+
+    /// Runs kubectl with the harness kubeconfig, feeding `stdin` (e.g. for `apply -f -`).
+    pub async fn kubectl_with_stdin<I, S>(&self, args: I, stdin: Option<&str>) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = tokio::process::Command::new(&self.kubectl_bin);
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        run(cmd, stdin).await
+    }
+
+    /// Runs helm with the harness kubeconfig.
+    pub async fn helm<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = tokio::process::Command::new(&self.helm_bin);
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        run(cmd, None).await
+    }
+
+    // ---- AWS emulator ------------------------------------------------------------------------------
+
+    /// SDK config pointing at the emulator with the harness's static credentials and region.
+    pub async fn aws_config(&self) -> aws_config::SdkConfig {
+        let credentials = aws_credential_types::Credentials::new(
+            self.aws_access_key_id.clone(),
+            self.aws_secret_access_key.clone(),
+            None,
+            None,
+            "tidb-ebs-backup-harness",
+        );
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.aws_endpoint_url)
+            .credentials_provider(credentials)
+            .region(aws_config::Region::new(self.aws_region.clone()))
+            .load()
+            .await
+    }
+
+    pub async fn ec2_client(&self) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&self.aws_config().await)
+    }
+
+    /// EC2 client that surfaces the first error (no SDK retries), for fault-injection tests.
+    pub async fn ec2_client_without_retries(&self) -> aws_sdk_ec2::Client {
+        let conf = aws_sdk_ec2::config::Builder::from(&self.aws_config().await)
+            .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled())
+            .build();
+        aws_sdk_ec2::Client::from_conf(conf)
+    }
+
+    pub async fn ebs_client(&self) -> aws_sdk_ebs::Client {
+        aws_sdk_ebs::Client::new(&self.aws_config().await)
+    }
+
+    pub async fn s3_client(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::config::Builder::from(&self.aws_config().await).force_path_style(true).build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    pub async fn sts_client(&self) -> aws_sdk_sts::Client {
+        aws_sdk_sts::Client::new(&self.aws_config().await)
+    }
+
+    /// The emulator's control API (`AWS_EMULATOR_CONTROL`).
+    pub fn emulator(&self) -> Emulator {
+        Emulator::new(&self.aws_emulator_control)
+    }
+
+    // ---- PD / fake-tikv ----------------------------------------------------------------------------
+
+    /// `GET {PD_URL}/pd/api/v1/{path}` as JSON; panics on a non-2xx answer.
+    pub async fn pd_get(&self, path: &str) -> serde_json::Value {
+        let url = format!("{}/pd/api/v1/{}", self.pd_url, path.trim_start_matches('/'));
+        let response = http().get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        json_or_panic("GET", &url, response).await
+    }
+
+    /// `POST {PD_URL}/pd/api/v1/{path}` with a JSON body; returns the status and the body text.
+    pub async fn pd_post(&self, path: &str, body: &serde_json::Value) -> (reqwest::StatusCode, String) {
+        let url = format!("{}/pd/api/v1/{}", self.pd_url, path.trim_start_matches('/'));
+        let response = http().post(&url).json(body).send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        let status = response.status();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    /// The crate's PD client for the harness PD.
+    pub fn pd_client(&self) -> tidb_ebs_backup::pd::PdClient {
+        tidb_ebs_backup::pd::PdClient::new(tidb_ebs_backup::pd::PdEndpoint { url: self.pd_url.clone(), tls: None })
+            .expect("PD client")
+    }
+
+    /// Registers `stores` fake TiKV stores for `<namespace>/<name>` (idempotent per cluster and index).
+    pub async fn register_tikv_stores(&self, namespace: &str, name: &str, stores: usize) -> Vec<FakeStore> {
+        let url = format!("{}/clusters", self.fake_tikv_control);
+        let body = serde_json::json!({"name": name, "namespace": namespace, "stores": stores});
+        let response = http().post(&url).json(&body).send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        let value = json_or_panic("POST", &url, response).await;
+        serde_json::from_value(value["stores"].clone()).unwrap_or_else(|e| panic!("fake-tikv answer {value}: {e}"))
+    }
+}
+
+/// One store as fake-tikv reports it.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct FakeStore {
+    pub id: u64,
+    pub address: String,
+    pub pod: String,
+}
+
+pub async fn create_unique_namespace(client: &kube::Client, prefix: &str) -> String {
+    let mut clean: String = prefix
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    clean.truncate(40);
+    let clean = clean.trim_matches('-').to_string();
+    let clean = if clean.is_empty() { "t".to_string() } else { clean };
+    let api: Api<Namespace> = Api::all(client.clone());
+    loop {
+        let name = format!("{clean}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"tidb-ebs-backup.test/prefix": clean}}
+        }))
+        .unwrap();
+        match api.create(&PostParams::default(), &ns).await {
+            Ok(_) => return name,
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => panic!("creating namespace {name}: {e}"),
+        }
+    }
+}
+
+/// A plain HTTP client (new per call: see `Stack::kube_client`).
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("reqwest client")
+}
+
+pub async fn json_or_panic(method: &str, url: &str, response: reqwest::Response) -> serde_json::Value {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_else(|e| panic!("{method} {url}: reading body: {e}"));
+    assert!(status.is_success(), "{method} {url}: {status}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {url}: not JSON ({e}): {text}"))
+}
+
+async fn run(mut cmd: tokio::process::Command, stdin: Option<&str>) -> Output {
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let described = format!("{cmd:?}");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {described}: {e}"));
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        pipe.write_all(input.as_bytes()).await.unwrap_or_else(|e| panic!("writing stdin of {described}: {e}"));
+        drop(pipe);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{described} did not finish within 120 s"))
+        .unwrap_or_else(|e| panic!("waiting for {described}: {e}"));
+    output
+}
+
+/// stdout and stderr of a finished command, for assertion messages.
+pub fn describe_output(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Decodes unpadded or padded base64url (JWT segments).
+pub fn base64url_decode(input: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(input.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for c in input.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return Err(format!("invalid base64url character {:?}", c as char)),
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Ok(out)
+}
+
+/// The claims (payload) of a JWT, unverified.
+pub fn jwt_claims(token: &str) -> serde_json::Value {
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "a JWT has three dot-separated parts: {token}");
+    let payload = base64url_decode(parts[1]).unwrap_or_else(|e| panic!("JWT payload: {e}"));
+    serde_json::from_slice(&payload).unwrap_or_else(|e| panic!("JWT payload is not JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64url_round_trips_known_values() {
+        assert_eq!(base64url_decode("eyJhIjoxfQ").unwrap(), br#"{"a":1}"#);
+        assert_eq!(base64url_decode("Zm9vYmFy").unwrap(), b"foobar");
+        assert_eq!(base64url_decode("Zm9vYg==").unwrap(), b"foob");
+        assert_eq!(base64url_decode("_-8").unwrap(), vec![0xff, 0xef]);
+    }
+
+    #[test]
+    fn env_file_parses_and_reports_missing_keys() {
+        let err = Stack::parse("KUBECONFIG=/x\n").unwrap_err();
+        assert!(err.contains("KUBE_APISERVER"), "{err}");
+    }
+}

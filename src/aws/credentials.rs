@@ -63,11 +63,14 @@ impl AwsIdentity {
         region: Option<&str>,
         session_name: &str,
     ) -> Result<Self> {
-        let mut builder = settings.base.to_builder();
-        if let Some(region) = region.filter(|r| !r.is_empty()) {
-            builder = builder.region(aws_config::Region::new(region.to_string()));
-        }
-        let regional = builder.clone().build();
+        let regional_builder = || {
+            let builder = settings.base.to_builder();
+            match region.filter(|r| !r.is_empty()) {
+                Some(region) => builder.region(aws_config::Region::new(region.to_string())),
+                None => builder,
+            }
+        };
+        let regional = regional_builder().build();
         let (credentials, expires) = match source {
             CredentialSource::OperatorDefault => return Ok(Self { config: regional, expires: None }),
             CredentialSource::AccessKey { access_key, secret_key, session_token } => (
@@ -100,7 +103,7 @@ impl AwsIdentity {
                 to_credentials(reply.credentials(), "web-identity")?
             }
         };
-        let config = builder.credentials_provider(SharedCredentialsProvider::new(credentials)).build();
+        let config = regional_builder().credentials_provider(SharedCredentialsProvider::new(credentials)).build();
         Ok(Self { config, expires })
     }
 

@@ -1,5 +1,6 @@
 //! The volume-snapshot backup reconciler: a resumable state machine over what each Backup records.
 
+pub mod cleanup;
 pub mod context;
 pub mod keeper;
 pub mod machine;
@@ -45,10 +46,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action> {
     let span = tracing::info_span!("backup", namespace = %backup.namespace().unwrap_or_default(), name = %backup.name_any());
     async move {
-        if !backup.is_volume_snapshot() || backup.meta().deletion_timestamp.is_some() {
+        if !backup.is_volume_snapshot() || backup.spec.federal_volume_backup_phase.is_some() {
             return Ok(Action::await_change());
         }
         let run = steps::Reconcile::new(&ctx, (*backup).clone())?;
+        if backup.meta().deletion_timestamp.is_some() {
+            return Ok(run.on_delete().await?.map_or_else(Action::await_change, Action::requeue));
+        }
         match run.run().await? {
             Some(after) => Ok(Action::requeue(after)),
             None => Ok(Action::await_change()),

@@ -38,10 +38,10 @@ pub enum Outcome {
 }
 
 pub struct Reconcile<'a> {
-    ctx: &'a Context,
-    api: Api<Backup>,
-    backup: Backup,
-    record: BackupRecord,
+    pub(super) ctx: &'a Context,
+    pub(super) api: Api<Backup>,
+    pub(super) backup: Backup,
+    pub(super) record: BackupRecord,
 }
 
 fn now_time() -> Time {
@@ -52,7 +52,7 @@ fn unix_now() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
-fn failure(reason: &str, message: impl Into<String>) -> Failure {
+pub(super) fn failure(reason: &str, message: impl Into<String>) -> Failure {
     Failure { reason: reason.into(), message: message.into() }
 }
 
@@ -63,11 +63,11 @@ impl<'a> Reconcile<'a> {
         Ok(Self { ctx, api, backup, record })
     }
 
-    fn uid(&self) -> String {
+    pub(super) fn uid(&self) -> String {
         self.backup.metadata.uid.clone().unwrap_or_default()
     }
 
-    fn name(&self) -> String {
+    pub(super) fn name(&self) -> String {
         self.backup.name_any()
     }
 
@@ -97,7 +97,7 @@ impl<'a> Reconcile<'a> {
     }
 
     /// Writes status and the record together; publishes an Event when the phase changes.
-    async fn save(&mut self, mut change: impl FnMut(&mut BackupStatus, &mut BackupRecord, &Time)) -> Result<()> {
+    pub(super) async fn save(&mut self, mut change: impl FnMut(&mut BackupStatus, &mut BackupRecord, &Time)) -> Result<()> {
         let now = now_time();
         let before = self.backup.phase().cloned();
         let base_record = self.record.clone();
@@ -146,7 +146,7 @@ impl<'a> Reconcile<'a> {
         }
     }
 
-    async fn condition(&mut self, condition: NewCondition) -> Result<()> {
+    pub(super) async fn condition(&mut self, condition: NewCondition) -> Result<()> {
         let mut condition = Some(condition);
         self.save(|status, _, now| {
             if let Some(c) = condition.take() {
@@ -176,6 +176,9 @@ impl<'a> Reconcile<'a> {
     // ---- Schedule -------------------------------------------------------------------------------
 
     async fn schedule(&mut self) -> Result<Outcome> {
+        if super::cleanup::needs_finalizer(&self.backup) {
+            self.set_finalizer(true).await?;
+        }
         self.save(|status, record, now| {
             set_condition(status, NewCondition::truthy(ConditionType::Scheduled), now);
             record.started_at.get_or_insert(now.0.as_second());
@@ -211,10 +214,10 @@ impl<'a> Reconcile<'a> {
     async fn preflight(&mut self) -> Result<Outcome> {
         let spec = &self.backup.spec;
         if spec.br.cluster.is_empty() {
-            return self.invalid("spec.br.cluster is required: name the TidbCluster to back up");
+            return self.invalid("spec.br.cluster is required: name the TidbCluster to back up").await;
         }
         let Some((bucket, _)) = spec.s3.as_ref().and_then(|s3| s3.bucket_and_prefix()) else {
-            return self.invalid("a volume-snapshot backup needs spec.s3 with a bucket (or the legacy path)");
+            return self.invalid("a volume-snapshot backup needs spec.s3 with a bucket (or the legacy path)").await;
         };
         if let Some(ahead) = self.backup_ahead() {
             let message = format!("waiting for Backup {ahead} of the same TidbCluster to finish");
@@ -238,7 +241,7 @@ impl<'a> Reconcile<'a> {
         }
     }
 
-    async fn aws_clients(&self) -> std::result::Result<AwsClients, Failure> {
+    pub(super) async fn aws_clients(&self) -> std::result::Result<AwsClients, Failure> {
         let source = credential_source(&self.ctx.client, &self.backup, 3600)
             .await
             .map_err(|e| failure(e.reason(), e.to_string()))?;
@@ -554,15 +557,21 @@ impl<'a> Reconcile<'a> {
         .await?;
         let deadline = Instant::now() + Duration::from_secs((pause.paused_at + max_window - now).max(1) as u64);
         let plan = self.record.plan.clone().expect("plan recorded");
-        let calls = pending.into_iter().map(|instance| {
-            let snapshots = aws.snapshots.clone();
-            let already: BTreeSet<String> = self.record.snapshots.keys().cloned().collect();
-            let tags = meta::snapshot_tags(&self.backup, &plan, &instance.instance_id);
-            let backoff_max = self.ctx.settings.throttle_backoff_max;
-            let metrics = self.ctx.metrics.clone();
-            async move {
+        let already: BTreeSet<String> = self.record.snapshots.keys().cloned().collect();
+        let requests: Vec<_> = pending
+            .into_iter()
+            .map(|instance| {
+                let tags = meta::snapshot_tags(&self.backup, &plan, &instance.instance_id);
                 let mut exclude = instance.exclude_volume_ids.clone();
                 exclude.extend(instance.volume_ids.iter().filter(|v| already.contains(*v)).cloned());
+                (instance, tags, exclude)
+            })
+            .collect();
+        let backoff_max = self.ctx.settings.throttle_backoff_max;
+        let calls = requests.into_iter().map(|(instance, tags, exclude)| {
+            let snapshots = aws.snapshots.clone();
+            let metrics = self.ctx.metrics.clone();
+            async move {
                 let result = retry_throttled(deadline, backoff_max, &metrics, "CreateSnapshots", || {
                     snapshots.create_snapshots(&instance.instance_id, &exclude, &tags)
                 })
@@ -629,7 +638,7 @@ impl<'a> Reconcile<'a> {
 
     // ---- Resume ---------------------------------------------------------------------------------
 
-    async fn resume_pd(&self) -> std::result::Result<(), String> {
+    pub(super) async fn resume_pd(&self) -> std::result::Result<(), String> {
         let Some(pause) = self.record.pause.clone() else { return Ok(()) };
         self.ctx.keepers.stop(&self.uid());
         let pd = self.plan_pd().await.map_err(|f| f.message)?;
@@ -795,6 +804,9 @@ impl<'a> Reconcile<'a> {
         })
         .await?;
         self.ctx.metrics.backup_finished("complete", self.record.started_at.map(|s| (unix_now() - s) as f64));
+        if !super::cleanup::needs_finalizer(&self.backup) {
+            self.set_finalizer(false).await?;
+        }
         Ok(Outcome::Stop)
     }
 
@@ -808,28 +820,31 @@ impl<'a> Reconcile<'a> {
         let described = aws.snapshots.describe_snapshots(&ids).await.map_err(|e| e.to_string())?;
         let deadline = Instant::now() + Duration::from_secs(600);
         let backoff = self.ctx.settings.throttle_backoff_max;
-        let metrics = &self.ctx.metrics;
-        let per_volume = described.iter().map(|snapshot| async move {
-            let full = match snapshot.full_size_bytes {
-                Some(bytes) => bytes,
-                None => retry_throttled(deadline, backoff, metrics, "ListSnapshotBlocks", || aws.snapshots.snapshot_block_bytes(&snapshot.snapshot_id)).await?,
-            };
-            let incremental = if level.incremental() {
-                let history = retry_throttled(deadline, backoff, metrics, "DescribeSnapshots", || aws.snapshots.completed_snapshots_of_volume(&snapshot.volume_id)).await?;
-                let position = history.iter().position(|s| s.snapshot_id == snapshot.snapshot_id);
-                match position.and_then(|p| p.checked_sub(1)).map(|p| &history[p]) {
+        let per_volume = described.into_iter().map(|snapshot| {
+            let snapshots = aws.snapshots.clone();
+            let metrics = self.ctx.metrics.clone();
+            async move {
+                let full = match snapshot.full_size_bytes {
+                    Some(bytes) => bytes,
+                    None => retry_throttled(deadline, backoff, &metrics, "ListSnapshotBlocks", || snapshots.snapshot_block_bytes(&snapshot.snapshot_id)).await?,
+                };
+                if !level.incremental() {
+                    return Ok::<_, AwsError>((full, 0));
+                }
+                let history = retry_throttled(deadline, backoff, &metrics, "DescribeSnapshots", || snapshots.completed_snapshots_of_volume(&snapshot.volume_id)).await?;
+                let previous = history
+                    .iter()
+                    .position(|s| s.snapshot_id == snapshot.snapshot_id)
+                    .and_then(|p| p.checked_sub(1))
+                    .map(|p| history[p].snapshot_id.clone());
+                let incremental = match previous {
                     Some(previous) => {
-                        retry_throttled(deadline, backoff, metrics, "ListChangedBlocks", || {
-                            aws.snapshots.changed_block_bytes(&previous.snapshot_id, &snapshot.snapshot_id)
-                        })
-                        .await?
+                        retry_throttled(deadline, backoff, &metrics, "ListChangedBlocks", || snapshots.changed_block_bytes(&previous, &snapshot.snapshot_id)).await?
                     }
                     None => full,
-                }
-            } else {
-                0
-            };
-            Ok::<_, AwsError>((full, incremental))
+                };
+                Ok((full, incremental))
+            }
         });
         let results: Vec<_> = futures::stream::iter(per_volume).buffer_unordered(self.ctx.settings.size_concurrency.max(1)).collect().await;
         let (mut full, mut incremental) = (0u64, 0u64);

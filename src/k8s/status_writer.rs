@@ -28,11 +28,16 @@ pub enum StatusWriterError {
 pub struct OwnedFields {
     pub status: BackupStatus,
     pub annotations: BTreeMap<String, String>,
+    pub finalizers: Vec<String>,
 }
 
 impl OwnedFields {
     pub fn of(backup: &Backup) -> Self {
-        Self { status: backup.status.clone().unwrap_or_default(), annotations: backup.annotations().clone() }
+        Self {
+            status: backup.status.clone().unwrap_or_default(),
+            annotations: backup.annotations().clone(),
+            finalizers: backup.metadata.finalizers.clone().unwrap_or_default(),
+        }
     }
 }
 
@@ -112,7 +117,7 @@ impl StatusWriter {
         let mut main = patch.clone();
         let status = main.as_object_mut().and_then(|m| m.remove("status"));
         let mut stored = None;
-        if main["metadata"].get("annotations").is_some() {
+        if main["metadata"].get("annotations").is_some() || main["metadata"].get("finalizers").is_some() {
             stored = Some(api.patch(name, params, &Patch::Merge(&main)).await?);
         }
         match status {
@@ -123,7 +128,7 @@ impl StatusWriter {
                 api.patch_status(name, params, &Patch::Merge(&json!({"metadata": {"resourceVersion": rv}, "status": status})))
                     .await
             }
-            None => Ok(stored.expect("a patch has status or annotations")),
+            None => Ok(stored.expect("a patch has status, annotations or finalizers")),
         }
     }
 }
@@ -140,12 +145,17 @@ pub fn merge_patch(before: &OwnedFields, after: &OwnedFields, resource_version: 
     for key in before.annotations.keys().filter(|k| !after.annotations.contains_key(*k)) {
         annotations.insert(key.clone(), Value::Null);
     }
-    if status.is_empty() && annotations.is_empty() {
+    let finalizers_changed = before.finalizers != after.finalizers;
+    if status.is_empty() && annotations.is_empty() && !finalizers_changed {
         return None;
     }
     let mut metadata = json!({"resourceVersion": resource_version});
     if !annotations.is_empty() {
         metadata["annotations"] = Value::Object(annotations);
+    }
+    // A list is replaced whole by a merge patch; the resourceVersion guard keeps others' entries safe.
+    if finalizers_changed {
+        metadata["finalizers"] = json!(after.finalizers);
     }
     let mut patch = json!({"metadata": metadata});
     if !status.is_empty() {
@@ -204,6 +214,17 @@ mod tests {
                 "status": {"phase": "Running"}
             })
         );
+    }
+
+    #[test]
+    fn finalizer_changes_send_the_whole_list() {
+        let mut before = OwnedFields::default();
+        before.finalizers = vec!["other/keep".into()];
+        let mut after = before.clone();
+        after.finalizers.push("tidb.pingcap.com/backup-protection".into());
+        let patch = merge_patch(&before, &after, Some("3")).unwrap();
+        assert_eq!(patch["metadata"]["finalizers"], json!(["other/keep", "tidb.pingcap.com/backup-protection"]));
+        assert!(patch.get("status").is_none());
     }
 
     #[test]

@@ -21,6 +21,8 @@ import (
 
 var logger = log.New(os.Stderr, "fake-tikv ", log.LstdFlags|log.Lmicroseconds)
 
+var verbose bool
+
 func logf(format string, args ...any) { logger.Printf(format, args...) }
 
 func main() {
@@ -32,6 +34,7 @@ func main() {
 	version := flag.String("store-version", "8.5.5", "TiKV version reported by every store (semver, sets PD's cluster-version)")
 	interval := flag.Duration("interval", time.Second, "heartbeat / min-resolved-ts report interval")
 	startTimeout := flag.Duration("start-timeout", 60*time.Second, "how long to wait for PD at start-up")
+	flag.BoolVar(&verbose, "v", false, "log every operator step received from PD")
 	flag.Parse()
 
 	conn, err := dialPD(*pdURL, tlsFiles{CA: *cacert, Cert: *cert, Key: *key})

@@ -135,8 +135,9 @@ type pdStores struct {
 			NodeState int    `json:"node_state"`
 		} `json:"store"`
 		Status struct {
-			Capacity  string `json:"capacity"`
-			Available string `json:"available"`
+			Capacity    string `json:"capacity"`
+			Available   string `json:"available"`
+			LeaderCount int    `json:"leader_count"`
 		} `json:"status"`
 	} `json:"stores"`
 }
@@ -187,6 +188,22 @@ func TestSmoke(t *testing.T) {
 		}
 		if found != 3 {
 			return fmt.Errorf("found %d of 3", found)
+		}
+		return nil
+	})
+	// fake-tikv carries out PD's operators (keyspace splits, balancing onto the new stores): PD goes quiet.
+	eventually(t, 60*time.Second, "regions balanced onto the new stores, no running operators", func() error {
+		var st pdStores
+		e.mustJSON("GET", "/pd/api/v1/stores", "", 200, &st)
+		for _, s := range st.Stores {
+			if _, ok := want[s.Store.Address]; ok && s.Status.LeaderCount == 0 {
+				return fmt.Errorf("store %d has no leader yet", s.Store.ID)
+			}
+		}
+		var ops []string
+		e.mustJSON("GET", "/pd/api/v1/operators", "", 200, &ops)
+		if len(ops) != 0 {
+			return fmt.Errorf("%d operators: %v", len(ops), ops)
 		}
 		return nil
 	})

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pingcap/kvproto/pkg/eraftpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/pingcap/kvproto/pkg/pdpb"
 )
@@ -48,12 +49,6 @@ type fakeRegion struct {
 	leader *metapb.Peer
 }
 
-type splitRequest struct {
-	regionID uint64
-	epoch    *metapb.RegionEpoch
-	keys     [][]byte
-}
-
 type fakeTiKV struct {
 	pd        pdpb.PDClient
 	version   string
@@ -64,8 +59,8 @@ type fakeTiKV struct {
 	stores      map[uint64]*fakeStore
 	clusters    map[clusterKey][]*fakeStore // index i holds store of pod <name>-tikv-<i>
 	placeholder uint64
-	regions     map[uint64]*fakeRegion // regions led by our stores, by region id
-	splits      chan splitRequest      // split orders PD sent on the heartbeat stream
+	regions     map[uint64]*fakeRegion             // regions led by our stores, by region id
+	orders      chan *pdpb.RegionHeartbeatResponse // operator steps PD sent on the heartbeat stream
 
 	regMu sync.Mutex // serializes registrations
 
@@ -82,7 +77,7 @@ func newFakeTiKV(pd pdpb.PDClient, version string, interval time.Duration) *fake
 		stores:   map[uint64]*fakeStore{},
 		clusters: map[clusterKey][]*fakeStore{},
 		regions:  map[uint64]*fakeRegion{},
-		splits:   make(chan splitRequest, 64),
+		orders:   make(chan *pdpb.RegionHeartbeatResponse, 256),
 	}
 }
 
@@ -180,6 +175,7 @@ func (f *fakeTiKV) start(ctx context.Context, timeout time.Duration) error {
 	}
 	f.ready.Store(true)
 	go f.loop(runCtx)
+	go f.orderWorker(runCtx)
 	return nil
 }
 
@@ -437,9 +433,6 @@ func (f *fakeTiKV) tick(ctx context.Context) error {
 	for _, s := range f.stores {
 		stores = append(stores, s)
 	}
-	f.mu.Unlock()
-	f.applySplits(ctx)
-	f.mu.Lock()
 	regions := make([]*fakeRegion, 0, len(f.regions))
 	leaders := map[uint64]uint32{}
 	for _, r := range f.regions {
@@ -511,10 +504,17 @@ func (f *fakeTiKV) forget(id uint64) {
 
 // --- streams -------------------------------------------------------------------------------------------
 
+// Like TiKV, every store has its own RegionHeartbeat stream: PD binds a stream to the store of the first
+// leader it sees on it (and re-binds at most once a minute), and sends a region's operator steps to the
+// stream bound to the region leader's store.
+type hbStream struct {
+	st     pdpb.PD_RegionHeartbeatClient
+	cancel context.CancelFunc
+}
+
 var (
 	streamMu  sync.Mutex
-	hbStream  pdpb.PD_RegionHeartbeatClient
-	hbCancel  context.CancelFunc
+	hbStreams = map[uint64]*hbStream{}
 	tsoStream pdpb.PD_TsoClient
 	tsoCancel context.CancelFunc
 )
@@ -522,43 +522,47 @@ var (
 func (f *fakeTiKV) regionHeartbeat(ctx context.Context, region *metapb.Region, leader *metapb.Peer) error {
 	streamMu.Lock()
 	defer streamMu.Unlock()
-	if hbStream == nil {
+	store := leader.GetStoreId()
+	hs := hbStreams[store]
+	if hs == nil {
 		sctx, cancel := context.WithCancel(ctx)
 		st, err := f.pd.RegionHeartbeat(sctx)
 		if err != nil {
 			cancel()
 			return fmt.Errorf("RegionHeartbeat stream: %w", err)
 		}
-		hbStream, hbCancel = st, cancel
-		go f.drainHeartbeatResponses(st)
+		hs = &hbStream{st: st, cancel: cancel}
+		hbStreams[store] = hs
+		go f.drainHeartbeatResponses(store, hs)
 	}
-	err := hbStream.Send(&pdpb.RegionHeartbeatRequest{
+	now := time.Now()
+	err := hs.st.Send(&pdpb.RegionHeartbeatRequest{
 		Header:          f.header(),
 		Region:          region,
 		Leader:          leader,
 		ApproximateSize: 1,
 		ApproximateKeys: 1,
 		Term:            6,
-		Interval:        &pdpb.TimeInterval{StartTimestamp: uint64(time.Now().Add(-f.interval).Unix()), EndTimestamp: uint64(time.Now().Unix())},
+		Interval:        &pdpb.TimeInterval{StartTimestamp: uint64(now.Add(-f.interval).Unix()), EndTimestamp: uint64(now.Unix())},
 	})
 	if err != nil {
-		hbCancel()
-		hbStream = nil
+		hs.cancel()
+		delete(hbStreams, store)
 		return fmt.Errorf("RegionHeartbeat send: %w", err)
 	}
 	return nil
 }
 
-// drainHeartbeatResponses reads (and ignores) what PD sends on the heartbeat stream: operator steps
-// a fake store never carries out, or errors.
-func (f *fakeTiKV) drainHeartbeatResponses(st pdpb.PD_RegionHeartbeatClient) {
+// drainHeartbeatResponses reads what PD sends on a heartbeat stream: operator steps (queued for
+// orderWorker) or errors.
+func (f *fakeTiKV) drainHeartbeatResponses(store uint64, hs *hbStream) {
 	for {
-		resp, err := st.Recv()
+		resp, err := hs.st.Recv()
 		if err != nil {
 			streamMu.Lock()
-			if hbStream == st {
-				hbCancel()
-				hbStream = nil
+			if hbStreams[store] == hs {
+				hs.cancel()
+				delete(hbStreams, store)
 			}
 			streamMu.Unlock()
 			return
@@ -567,13 +571,10 @@ func (f *fakeTiKV) drainHeartbeatResponses(st pdpb.PD_RegionHeartbeatClient) {
 			logf("region heartbeat response error: %v", e)
 			continue
 		}
-		// Split orders with explicit keys are carried out (PD's region labeler asks for keyspace
-		// boundaries right after bootstrap; an unfinished split operator would stay in /operators).
-		// Every other operator step is ignored.
-		if sp := resp.GetSplitRegion(); sp != nil && sp.GetPolicy() == pdpb.CheckPolicy_USEKEY && len(sp.GetKeys()) > 0 {
+		if resp.GetRegionId() != 0 {
 			select {
-			case f.splits <- splitRequest{regionID: resp.GetRegionId(), epoch: resp.GetRegionEpoch(), keys: sp.GetKeys()}:
-			default:
+			case f.orders <- resp:
+			default: // PD re-sends a step on the region's next heartbeat
 			}
 		}
 	}
@@ -616,36 +617,12 @@ func (f *fakeTiKV) storeByID(id uint64) *fakeStore {
 	return f.stores[id]
 }
 
-// applySplits carries out pending split orders the way TiKV does: AskBatchSplit for new region and peer
-// ids, split with right-derive (the old id keeps the rightmost part), all parts at epoch version+n,
-// ReportBatchSplit, then heartbeats for every part on the next send.
-func (f *fakeTiKV) applySplits(ctx context.Context) {
-	for {
-		var req splitRequest
-		select {
-		case req = <-f.splits:
-		default:
-			return
-		}
-		if err := f.split(ctx, req); err != nil {
-			logf("split of region %d: %v", req.regionID, err)
-		}
-	}
-}
-
-func (f *fakeTiKV) split(ctx context.Context, req splitRequest) error {
-	f.mu.Lock()
-	r := f.regions[req.regionID]
-	f.mu.Unlock()
-	if r == nil {
-		return errors.New("not one of our regions")
-	}
+// split carries out a split order the way TiKV does: AskBatchSplit for new region and peer ids, split with
+// right-derive (the old id keeps the rightmost part), all parts at epoch version+n, ReportBatchSplit.
+func (f *fakeTiKV) split(ctx context.Context, r *fakeRegion, splitKeys [][]byte) error {
 	old := r.meta
-	if e := req.epoch; e != nil && (e.GetVersion() != old.GetRegionEpoch().GetVersion() || e.GetConfVer() != old.GetRegionEpoch().GetConfVer()) {
-		return nil // stale order
-	}
 	var keys [][]byte
-	for _, k := range req.keys {
+	for _, k := range splitKeys {
 		if len(k) == 0 || bytes.Compare(k, old.GetStartKey()) <= 0 || (len(old.GetEndKey()) > 0 && bytes.Compare(k, old.GetEndKey()) >= 0) {
 			continue
 		}
@@ -715,5 +692,154 @@ func (f *fakeTiKV) split(ctx context.Context, req splitRequest) error {
 		logf("ReportBatchSplit: %v", err)
 	}
 	logf("split region %d into %d regions at %d keys", old.GetId(), len(parts), len(keys))
+	for _, p := range parts {
+		if err := f.regionHeartbeat(ctx, p.meta, p.leader); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// orderWorker carries out the operator steps PD sends, like TiKV would, so operators finish and
+// /operators stays quiet: splits with explicit keys (PD's region labeler asks for keyspace boundaries right
+// after bootstrap), peer changes (plain and joint consensus) and leader transfers. Merges and
+// size-based splits are ignored. After each step the region is heartbeated at once, from its leader.
+func (f *fakeTiKV) orderWorker(ctx context.Context) {
+	for {
+		var resp *pdpb.RegionHeartbeatResponse
+		select {
+		case <-ctx.Done():
+			return
+		case resp = <-f.orders:
+		}
+		if verbose {
+			logf("order for region %d: %s", resp.GetRegionId(), resp.String())
+		}
+		if err := f.applyOrder(ctx, resp); err != nil {
+			logf("operator step for region %d: %v", resp.GetRegionId(), err)
+		}
+	}
+}
+
+func (f *fakeTiKV) applyOrder(ctx context.Context, resp *pdpb.RegionHeartbeatResponse) error {
+	f.mu.Lock()
+	r := f.regions[resp.GetRegionId()]
+	f.mu.Unlock()
+	if r == nil {
+		return errors.New("not one of our regions")
+	}
+	cur := r.meta.GetRegionEpoch()
+	if e := resp.GetRegionEpoch(); e != nil && (e.GetVersion() != cur.GetVersion() || e.GetConfVer() != cur.GetConfVer()) {
+		return nil // stale step; PD re-sends the current one on the next heartbeat
+	}
+	if sp := resp.GetSplitRegion(); sp != nil {
+		if sp.GetPolicy() == pdpb.CheckPolicy_USEKEY && len(sp.GetKeys()) > 0 {
+			return f.split(ctx, r, sp.GetKeys())
+		}
+		return nil
+	}
+	meta := cloneRegion(r.meta)
+	leader := r.leader
+	switch {
+	case resp.GetChangePeer() != nil:
+		applyChange(meta, resp.GetChangePeer(), false)
+		meta.RegionEpoch.ConfVer++
+	case resp.GetChangePeerV2() != nil:
+		changes := resp.GetChangePeerV2().GetChanges()
+		if len(changes) == 0 { // leave joint state
+			n := uint64(0)
+			for _, p := range meta.Peers {
+				switch p.Role {
+				case metapb.PeerRole_IncomingVoter:
+					p.Role, n = metapb.PeerRole_Voter, n+1
+				case metapb.PeerRole_DemotingVoter:
+					p.Role, n = metapb.PeerRole_Learner, n+1
+				}
+			}
+			meta.RegionEpoch.ConfVer += max(n, 1)
+		} else {
+			for _, c := range changes {
+				applyChange(meta, c, true)
+			}
+			meta.RegionEpoch.ConfVer += uint64(len(changes))
+		}
+	case resp.GetTransferLeader() != nil:
+		tl := resp.GetTransferLeader()
+		targets := append([]*metapb.Peer{tl.GetPeer()}, tl.GetPeers()...)
+		for _, t := range targets {
+			if t == nil {
+				continue
+			}
+			if p := findPeer(meta, t.GetStoreId()); p != nil && p.Role != metapb.PeerRole_Learner {
+				if f.storeByID(p.GetStoreId()) != nil {
+					leader = p
+					break
+				}
+			}
+		}
+	default:
+		return nil // merge and other steps are not carried out
+	}
+	if l := findPeer(meta, leader.GetStoreId()); l != nil {
+		leader = l
+	} else {
+		return errors.New("step would remove the leader")
+	}
+	f.mu.Lock()
+	f.regions[meta.GetId()] = &fakeRegion{meta: meta, leader: leader}
+	f.mu.Unlock()
+	return f.regionHeartbeat(ctx, meta, leader)
+}
+
+func applyChange(meta *metapb.Region, c *pdpb.ChangePeer, joint bool) {
+	target := c.GetPeer()
+	if target == nil {
+		return
+	}
+	p := findPeer(meta, target.GetStoreId())
+	switch c.GetChangeType() {
+	case eraftpb.ConfChangeType_AddNode:
+		role := metapb.PeerRole_Voter
+		if joint {
+			role = metapb.PeerRole_IncomingVoter
+		}
+		if p == nil {
+			meta.Peers = append(meta.Peers, &metapb.Peer{Id: target.GetId(), StoreId: target.GetStoreId(), Role: role})
+		} else if p.Role == metapb.PeerRole_Learner {
+			p.Role = role
+		}
+	case eraftpb.ConfChangeType_AddLearnerNode:
+		if p == nil {
+			meta.Peers = append(meta.Peers, &metapb.Peer{Id: target.GetId(), StoreId: target.GetStoreId(), Role: metapb.PeerRole_Learner})
+		} else if p.Role == metapb.PeerRole_Voter && joint {
+			p.Role = metapb.PeerRole_DemotingVoter
+		} else {
+			p.Role = metapb.PeerRole_Learner
+		}
+	case eraftpb.ConfChangeType_RemoveNode:
+		for i, q := range meta.Peers {
+			if q.GetStoreId() == target.GetStoreId() {
+				meta.Peers = append(meta.Peers[:i:i], meta.Peers[i+1:]...)
+				break
+			}
+		}
+	}
+}
+
+func findPeer(meta *metapb.Region, storeID uint64) *metapb.Peer {
+	for _, p := range meta.GetPeers() {
+		if p.GetStoreId() == storeID {
+			return p
+		}
+	}
+	return nil
+}
+
+func cloneRegion(r *metapb.Region) *metapb.Region {
+	c := &metapb.Region{Id: r.GetId(), StartKey: r.GetStartKey(), EndKey: r.GetEndKey(),
+		RegionEpoch: &metapb.RegionEpoch{ConfVer: r.GetRegionEpoch().GetConfVer(), Version: r.GetRegionEpoch().GetVersion()}}
+	for _, p := range r.GetPeers() {
+		c.Peers = append(c.Peers, &metapb.Peer{Id: p.GetId(), StoreId: p.GetStoreId(), Role: p.GetRole(), IsWitness: p.GetIsWitness()})
+	}
+	return c
 }

@@ -1,0 +1,193 @@
+//! Deleting a Backup: stop it safely, then keep or delete its snapshots and `backupmeta` as
+//! `spec.cleanPolicy` says, guarded by the `tidb.pingcap.com/backup-protection` finalizer.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use super::context::AwsClients;
+use super::meta::{self, TAG_BACKUP_UID};
+use super::steps::{Outcome, Reconcile, retry_throttled};
+use super::Result;
+use crate::api::condition::NewCondition;
+use crate::api::{BACKUP_PROTECTION_FINALIZER, Backup, CleanPolicy, ConditionStatus, ConditionType};
+use crate::aws::CredentialSource;
+
+/// Set by a user to let a Backup go although its clean-up cannot finish (e.g. its namespace and Secret
+/// are gone and the operator's own identity may not delete the snapshots). Leftovers are reported.
+pub const FORCE_RELEASE_ANNOTATION: &str = "tidb-ebs-backup/release-without-cleanup";
+
+/// Whether this Backup's data may have to be deleted when the Backup is.
+pub fn needs_finalizer(backup: &Backup) -> bool {
+    match backup.spec.clean_policy {
+        CleanPolicy::Retain => false,
+        CleanPolicy::Delete => true,
+        CleanPolicy::OnFailure => backup.phase() != Some(&ConditionType::Complete),
+    }
+}
+
+/// Data to delete on deletion: always under `Delete`; under `OnFailure` unless the backup completed.
+pub fn must_clean(backup: &Backup) -> bool {
+    needs_finalizer(backup)
+}
+
+impl Reconcile<'_> {
+    pub(super) fn has_finalizer(&self) -> bool {
+        self.backup.metadata.finalizers.iter().flatten().any(|f| f == BACKUP_PROTECTION_FINALIZER)
+    }
+
+    pub(super) async fn set_finalizer(&mut self, present: bool) -> Result<()> {
+        let stored = self
+            .ctx
+            .writer
+            .update(&self.api, &self.backup, |owned| {
+                owned.finalizers.retain(|f| f != BACKUP_PROTECTION_FINALIZER);
+                if present {
+                    owned.finalizers.push(BACKUP_PROTECTION_FINALIZER.to_string());
+                }
+            })
+            .await?;
+        self.backup = stored;
+        Ok(())
+    }
+
+    /// The Backup is being deleted.
+    pub async fn on_delete(mut self) -> Result<Option<Duration>> {
+        if !self.has_finalizer() {
+            return Ok(None);
+        }
+        // A backup still in flight is stopped first: nothing may stay paused.
+        if self.record.paused() {
+            match self.resume_pd().await {
+                Ok(()) => self.save(|_, record, _| record.resumed = true).await?,
+                Err(message) => tracing::warn!(%message, "resuming PD for a deleted Backup failed; the pause expires by its TTL"),
+            }
+        }
+        self.ctx.keepers.stop(&self.uid());
+        if !must_clean(&self.backup) {
+            self.set_finalizer(false).await?;
+            return Ok(None);
+        }
+        match self.clean().await? {
+            Outcome::Requeue(after) => Ok(Some(after)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn clean(&mut self) -> Result<Outcome> {
+        if self.backup.status.as_ref().and_then(|s| s.backup_path.as_ref()).is_none() && self.record.snapshot_requests.is_empty() {
+            // Nothing was ever written or created.
+            self.condition(NewCondition::truthy(ConditionType::Clean).because("NothingToClean", "the backup created no data")).await?;
+            self.set_finalizer(false).await?;
+            return Ok(Outcome::Stop);
+        }
+        self.condition(
+            NewCondition::truthy(ConditionType::Clean)
+                .with_status(ConditionStatus::False)
+                .because("Cleaning", "deleting this backup's snapshots and backupmeta"),
+        )
+        .await?;
+        let aws = match self.cleanup_clients().await {
+            Ok(aws) => aws,
+            Err(message) => return self.clean_failed("CleanCredentialsFailed", message).await,
+        };
+        match self.delete_data(&aws).await {
+            Ok(count) => {
+                let message = format!("deleted {count} snapshots and the backupmeta under {}", aws.meta.location());
+                self.condition(NewCondition::truthy(ConditionType::Clean).because("Cleaned", message)).await?;
+                self.set_finalizer(false).await?;
+                Ok(Outcome::Stop)
+            }
+            Err(message) => self.clean_failed("CleanBackupDataFailed", message).await,
+        }
+    }
+
+    /// The Backup's own credentials, else (its Secret or ServiceAccount gone, e.g. namespace deletion)
+    /// the operator's identity.
+    async fn cleanup_clients(&self) -> std::result::Result<AwsClients, String> {
+        match self.aws_clients().await {
+            Ok(aws) => Ok(aws),
+            Err(own) => {
+                tracing::warn!(reason = %own.reason, "the Backup's credentials are unusable; cleaning up with the operator's identity");
+                self.ctx
+                    .connectors
+                    .aws(&self.backup, &CredentialSource::OperatorDefault)
+                    .await
+                    .map_err(|e| format!("{}; the operator's own identity failed too: {e}", own.message))
+            }
+        }
+    }
+
+    async fn delete_data(&mut self, aws: &AwsClients) -> std::result::Result<usize, String> {
+        let mut ids: BTreeSet<String> = self.record.snapshots.values().cloned().collect();
+        let backupmeta = aws.meta.get(meta::META_FILE).await.map_err(|e| format!("reading backupmeta: {e}"))?;
+        if let Some(json) = backupmeta.as_deref().and_then(|b| serde_json::from_slice(b).ok()) {
+            ids.extend(meta::snapshot_ids_in_meta(&json));
+        }
+        let tagged = aws
+            .snapshots
+            .find_snapshots_by_tag(TAG_BACKUP_UID, &self.uid())
+            .await
+            .map_err(|e| format!("finding snapshots by tag: {e}"))?;
+        ids.extend(tagged.into_iter().map(|s| s.snapshot_id));
+        let per_second = self.backup.spec.clean_option.as_ref().and_then(|o| o.snapshots_delete_ratio).filter(|r| *r > 0.0).unwrap_or(1.0);
+        let spacing = Duration::from_secs_f64(1.0 / per_second);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut next = Instant::now();
+        for id in &ids {
+            tokio::time::sleep_until(next.into()).await;
+            next = Instant::now() + spacing;
+            retry_throttled(deadline, self.ctx.settings.throttle_backoff_max, &self.ctx.metrics, "DeleteSnapshot", || {
+                aws.snapshots.delete_snapshot(id)
+            })
+            .await
+            .map_err(|e| format!("deleting snapshot {id}: {e}"))?;
+        }
+        if backupmeta.is_some() {
+            aws.meta.delete(meta::META_FILE).await.map_err(|e| format!("deleting backupmeta: {e}"))?;
+        }
+        Ok(ids.len())
+    }
+
+    async fn clean_failed(&mut self, reason: &str, message: String) -> Result<Outcome> {
+        if self.backup.annotations().get(FORCE_RELEASE_ANNOTATION).is_some_and(|v| v == "true") {
+            let note = format!("released without clean-up as {FORCE_RELEASE_ANNOTATION} asks; check for leftover snapshots tagged {TAG_BACKUP_UID}={}: {message}", self.uid());
+            self.condition(NewCondition::truthy(ConditionType::CleanFailed).because(reason, note)).await?;
+            self.set_finalizer(false).await?;
+            return Ok(Outcome::Stop);
+        }
+        let message = format!("{message}; retrying (set annotation {FORCE_RELEASE_ANNOTATION}=true to give up and keep the data)");
+        self.condition(NewCondition::truthy(ConditionType::CleanFailed).because(reason, message)).await?;
+        Ok(Outcome::Requeue(Duration::from_secs(15)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{BackupSpec, BackupStatus};
+
+    fn backup(policy: CleanPolicy, phase: Option<ConditionType>) -> Backup {
+        let mut backup = Backup::new("b", BackupSpec { clean_policy: policy, ..Default::default() });
+        backup.status = Some(BackupStatus { phase, ..Default::default() });
+        backup
+    }
+
+    #[test]
+    fn clean_policy_decides_what_is_deleted() {
+        use ConditionType::*;
+        let cases = [
+            (CleanPolicy::Retain, Some(Complete), false),
+            (CleanPolicy::Retain, Some(Failed), false),
+            (CleanPolicy::Delete, Some(Complete), true),
+            (CleanPolicy::Delete, Some(Failed), true),
+            (CleanPolicy::Delete, Some(Running), true),
+            (CleanPolicy::OnFailure, Some(Complete), false),
+            (CleanPolicy::OnFailure, Some(Failed), true),
+            (CleanPolicy::OnFailure, Some(VolumeBackupInitialized), true),
+            (CleanPolicy::OnFailure, None, true),
+        ];
+        for (policy, phase, want) in cases {
+            assert_eq!(must_clean(&backup(policy, phase.clone())), want, "{policy:?} {phase:?}");
+        }
+    }
+}

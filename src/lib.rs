@@ -7,3 +7,9 @@ pub mod backup;
 pub mod k8s;
 pub mod metrics;
 pub mod pd;
+
+/// Picks rustls's process-wide crypto provider. Both `ring` (kube, reqwest) and `aws-lc-rs` (the AWS
+/// SDK) are linked, so rustls cannot choose by itself; call this before creating any client.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -22,8 +22,9 @@ fn backup_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("pingcap.com", "v1alpha1", "Backup"), "backups")
 }
 
+/// Now, at the precision the apiserver stores (RFC 3339 seconds).
 fn now() -> Time {
-    Time(jiff::Timestamp::now())
+    Time(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap())
 }
 
 /// A valid volume-snapshot Backup in `ns`.
@@ -491,4 +492,27 @@ async fn status_writer_rereads_after_a_concurrent_change() {
     assert_eq!(after["metadata"]["annotations"]["other/writer"], "was-here");
     assert_eq!(after["status"]["commitTs"], "123", "the other writer's status survives");
     assert_eq!(after["status"]["phase"], "Running");
+}
+
+/// The operator stamps conditions with `Time(Timestamp::now())`, which has sub-second digits the
+/// apiserver drops when it stores the object. Such a write must still succeed on TiDB Operator's CRD,
+/// which has no status subresource, and land in the stored object.
+#[tokio::test]
+async fn status_writer_accepts_sub_second_condition_times() {
+    let stack = Stack::get();
+    let ns = stack.unique_namespace("bk-subsecond").await;
+    let api: Api<Backup> = Api::namespaced(stack.kube_client().await, &ns);
+    let backup: Backup = serde_json::from_value(valid_backup(&ns, "subsecond")).unwrap();
+    let backup = api.create(&PostParams::default(), &backup).await.expect("create");
+    let precise = Time(jiff::Timestamp::now());
+    let stored = StatusWriter::new()
+        .update(&api, &backup, |owned| {
+            set_condition(&mut owned.status, NewCondition::truthy(ConditionType::Running), &precise);
+        })
+        .await
+        .expect("StatusWriter::update with a sub-second condition time");
+    assert_eq!(stored.phase(), Some(&ConditionType::Running));
+    let after = get_json(stack, &ns, "subsecond").await;
+    assert_eq!(after["status"]["phase"], "Running", "{after}");
+    assert_eq!(after["status"]["conditions"][0]["type"], "Running");
 }

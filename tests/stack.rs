@@ -535,7 +535,7 @@ async fn emulator_s3_works_path_style() {
     let stack = Stack::get();
     let s3 = stack.s3_client().await;
     let bucket = format!("stack-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    s3.create_bucket().bucket(&bucket).send().await.expect("CreateBucket");
+    stack.create_bucket(&bucket).await;
     s3.put_object()
         .bucket(&bucket)
         .key("backup/backupmeta")
@@ -547,4 +547,26 @@ async fn emulator_s3_works_path_style() {
     assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), b"meta");
     let logged = stack.emulator().requests(Some("PutObject")).await;
     assert!(logged.iter().any(|r| r["path"] == format!("/{bucket}/backup/backupmeta")), "path-style request");
+}
+
+/// The fixture is usable for benchmark-sized clusters: 30 stores with two volumes each.
+#[tokio::test]
+async fn fixture_scales_to_thirty_stores() {
+    let stack = Stack::get();
+    let ns = stack.unique_namespace("stack-fixture-30").await;
+    let started = std::time::Instant::now();
+    let fixture = TidbClusterFixture::builder("big").stores(30).volumes_per_store(2).create(stack, &ns).await;
+    let took = started.elapsed();
+    assert_eq!(fixture.store_ids.len(), 30);
+    assert_eq!(fixture.tikv_volume_ids().len(), 60);
+    assert_eq!(fixture.foreign_volume_ids.len(), 30);
+    let distinct: BTreeSet<&String> = fixture.tikv.iter().map(|m| &m.instance_id).collect();
+    assert_eq!(distinct.len(), 30, "one instance per store");
+    let pods = Api::<Pod>::namespaced(stack.kube_client().await, &ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/component=tikv"))
+        .await
+        .unwrap();
+    assert_eq!(pods.items.len(), 30);
+    assert!(took < Duration::from_secs(60), "fixture took {took:?}");
+    eprintln!("30-store fixture in {took:?}");
 }

@@ -44,8 +44,9 @@ pub struct Reconcile<'a> {
     pub(super) record: BackupRecord,
 }
 
+/// Now, to the second: Kubernetes stores times to the second, so anything finer would never compare equal.
 fn now_time() -> Time {
-    Time(jiff::Timestamp::now())
+    Time(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).expect("now is a valid timestamp"))
 }
 
 fn unix_now() -> i64 {
@@ -346,8 +347,8 @@ impl<'a> Reconcile<'a> {
             }
         }
         let ours: BTreeSet<u64> = volumes.tikv.iter().map(|s| s.store_id).collect();
-        let pod_prefix = format!("{cluster}-tikv-");
-        if let Some(missing) = tikv_stores.iter().find(|s| s.address.starts_with(&pod_prefix) && !ours.contains(&s.id)) {
+        let peer_domain = format!(".{cluster}-tikv-peer.{namespace}.");
+        if let Some(missing) = tikv_stores.iter().find(|s| s.address.contains(&peer_domain) && !ours.contains(&s.id)) {
             return Ok(Err(failure("StoreMismatch", format!("PD store {} ({}) has no TiKV pod", missing.id, missing.address))));
         }
         let aws = match self.aws_clients().await {

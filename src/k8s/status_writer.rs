@@ -73,7 +73,7 @@ impl StatusWriter {
             let Some(patch) = merge_patch(&before, &after, current.metadata.resource_version.as_deref()) else {
                 return Ok(current);
             };
-            match self.write(api, &name, &patch, &after.status).await {
+            match self.write(api, &name, &patch).await {
                 Ok(stored) => return Ok(stored),
                 Err(kube::Error::Api(status)) if status.is_conflict() => {
                     current = api.get(&name).await?;
@@ -89,20 +89,19 @@ impl StatusWriter {
         api: &Api<Backup>,
         name: &str,
         patch: &Value,
-        wanted: &BackupStatus,
     ) -> Result<Backup, kube::Error> {
         let params = PatchParams::default();
         if self.use_status_subresource.load(Ordering::Relaxed) {
             return self.write_via_subresource(api, name, patch, &params).await;
         }
         let stored = api.patch(name, &params, &Patch::Merge(patch)).await?;
-        let status_dropped = patch.get("status").is_some() && stored.status.as_ref() != Some(wanted);
-        if status_dropped {
+        if patch.get("status").is_some() && status_dropped(patch, &stored) {
             tracing::info!("Backup CRD has a status subresource; writing status through it from now on");
-            self.use_status_subresource.store(true, Ordering::Relaxed);
             let mut status_only = patch.clone();
             status_only["metadata"] = json!({"resourceVersion": stored.metadata.resource_version});
-            return api.patch_status(name, &params, &Patch::Merge(&status_only)).await;
+            let written = api.patch_status(name, &params, &Patch::Merge(&status_only)).await?;
+            self.use_status_subresource.store(true, Ordering::Relaxed);
+            return Ok(written);
         }
         Ok(stored)
     }
@@ -131,6 +130,17 @@ impl StatusWriter {
             None => Ok(stored.expect("a patch has status, annotations or finalizers")),
         }
     }
+}
+
+/// Whether the API server ignored the status part of a main-resource patch (a status subresource
+/// exists): some field we set to a value is missing from what it stored.
+fn status_dropped(patch: &Value, stored: &Backup) -> bool {
+    let stored = stored.status.as_ref().map(|s| serde_json::to_value(s).unwrap_or_default()).unwrap_or_default();
+    patch["status"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .any(|(key, value)| !value.is_null() && stored.get(key).is_none_or(Value::is_null))
 }
 
 /// The JSON merge patch from `before` to `after`, or `None` when nothing changed.

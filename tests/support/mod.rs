@@ -3,7 +3,7 @@
 //! Every test file does `mod support;` and starts with `let stack = Stack::get();`. The stack is shared
 //! by all tests of a run, and tests run in parallel: everything a test makes lives in its own namespace
 //! (`stack.unique_namespace(..)`), and cluster-scoped objects carry that namespace in their names.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod emulator;
 pub mod fixture;
@@ -56,8 +56,11 @@ pub struct Stack {
 impl Stack {
     /// The stack named by `HARNESS_ENV`, read once per test binary.
     pub fn get() -> &'static Stack {
+        // Both ring and aws-lc-rs are linked; rustls needs to be told which one to use.
+        tidb_ebs_backup::install_crypto_provider();
         static STACK: OnceLock<Stack> = OnceLock::new();
         STACK.get_or_init(|| {
+            tidb_ebs_backup::install_crypto_provider();
             let path = std::env::var_os("HARNESS_ENV").filter(|p| !p.is_empty()).unwrap_or_else(|| panic!("{NO_STACK}"));
             let text = std::fs::read_to_string(&path)
                 .unwrap_or_else(|e| panic!("reading HARNESS_ENV file {}: {e}; {NO_STACK}", PathBuf::from(&path).display()));
@@ -231,6 +234,22 @@ impl Stack {
     pub async fn s3_client(&self) -> aws_sdk_s3::Client {
         let conf = aws_sdk_s3::config::Builder::from(&self.aws_config().await).force_path_style(true).build();
         aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    /// Creates `bucket` in the harness region (outside us-east-1 S3 needs the location constraint).
+    pub async fn create_bucket(&self, bucket: &str) {
+        use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+        let config = CreateBucketConfiguration::builder()
+            .location_constraint(BucketLocationConstraint::from(self.aws_region.as_str()))
+            .build();
+        self.s3_client()
+            .await
+            .create_bucket()
+            .bucket(bucket)
+            .create_bucket_configuration(config)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("CreateBucket {bucket}: {e:?}"));
     }
 
     pub async fn sts_client(&self) -> aws_sdk_sts::Client {

@@ -135,12 +135,13 @@ impl Reconcile<'_> {
         let mut next = Instant::now();
         for id in &ids {
             tokio::time::sleep_until(next.into()).await;
-            next = Instant::now() + spacing;
             retry_throttled(deadline, self.ctx.settings.throttle_backoff_max, &self.ctx.metrics, "DeleteSnapshot", || {
                 aws.snapshots.delete_snapshot(id)
             })
             .await
             .map_err(|e| format!("deleting snapshot {id}: {e}"))?;
+            // Spaced from the end of each delete, so retries never bunch deletions above the rate.
+            next = Instant::now() + spacing;
         }
         if backupmeta.is_some() {
             aws.meta.delete(meta::META_FILE).await.map_err(|e| format!("deleting backupmeta: {e}"))?;

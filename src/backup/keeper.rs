@@ -34,6 +34,15 @@ pub async fn apply_pause(pd: &dyn Pd, pause: &PauseRecord) -> Result<(), PdError
     Ok(())
 }
 
+impl Drop for Keepers {
+    /// An operator that goes away stops refreshing: PD then resumes by itself within one TTL.
+    fn drop(&mut self) {
+        for (_, handle) in self.running.lock().expect("keepers").drain() {
+            handle.abort();
+        }
+    }
+}
+
 impl Keepers {
     pub fn is_running(&self, uid: &str) -> bool {
         self.running.lock().expect("keepers").get(uid).is_some_and(|h| !h.is_finished())

@@ -5,6 +5,7 @@
 //! (`stack.unique_namespace(..)`), and cluster-scoped objects carry that namespace in their names.
 #![allow(dead_code, unused_imports)]
 
+pub mod e2e;
 pub mod emulator;
 pub mod fixture;
 

@@ -397,15 +397,19 @@ impl<'a> Reconcile<'a> {
                 return Ok(Err(failure("VolumeNotFound", format!("EBS volume {} of PD pod {} does not exist", pd_volume.volume_id, pd_volume.pod))));
             }
         }
-        let mut instance_plans = Vec::new();
-        for (instance_id, volume_ids) in instances {
-            let attached = match aws.snapshots.instance_volumes(&instance_id).await {
-                Ok(v) => v,
-                Err(e) => return Ok(Err(aws_failure(e))),
-            };
-            let exclude_volume_ids = attached.into_iter().filter(|v| !volume_ids.contains(v)).collect();
-            instance_plans.push(InstancePlan { instance_id, volume_ids, exclude_volume_ids });
-        }
+        let lookups = instances.into_iter().map(|(instance_id, volume_ids)| {
+            let snapshots = aws.snapshots.clone();
+            async move {
+                let attached = snapshots.instance_volumes(&instance_id).await?;
+                let exclude_volume_ids = attached.into_iter().filter(|v| !volume_ids.contains(v)).collect();
+                Ok::<_, AwsError>(InstancePlan { instance_id, volume_ids, exclude_volume_ids })
+            }
+        });
+        let instance_plans: Vec<_> = futures::stream::iter(lookups).buffered(self.ctx.settings.snapshot_concurrency.max(1)).collect().await;
+        let instance_plans = match instance_plans.into_iter().collect::<std::result::Result<Vec<_>, _>>() {
+            Ok(plans) => plans,
+            Err(e) => return Ok(Err(aws_failure(e))),
+        };
         let plan = SnapshotPlan {
             cluster_namespace: namespace,
             cluster,
@@ -569,44 +573,59 @@ impl<'a> Reconcile<'a> {
             })
             .collect();
         let backoff_max = self.ctx.settings.throttle_backoff_max;
-        let calls = requests.into_iter().map(|(instance, tags, exclude)| {
+        // Calls run as tasks so that recording one result never holds up the others.
+        let limit = Arc::new(tokio::sync::Semaphore::new(self.ctx.settings.snapshot_concurrency.max(1)));
+        let mut calls = tokio::task::JoinSet::new();
+        for (instance, tags, exclude) in requests {
             let snapshots = aws.snapshots.clone();
             let metrics = self.ctx.metrics.clone();
-            async move {
+            let limit = limit.clone();
+            calls.spawn(async move {
+                let _permit = limit.acquire_owned().await.expect("semaphore is never closed");
                 let result = retry_throttled(deadline, backoff_max, &metrics, "CreateSnapshots", || {
                     snapshots.create_snapshots(&instance.instance_id, &exclude, &tags)
                 })
                 .await;
                 (instance, result)
-            }
-        });
-        let mut results = futures::stream::iter(calls).buffer_unordered(self.ctx.settings.snapshot_concurrency.max(1));
-        let mut first_error = None;
-        while let Some((instance, result)) = results.next().await {
-            match result {
-                Ok(created) => {
-                    let unexpected: Vec<_> = created.iter().filter(|c| !instance.volume_ids.contains(&c.volume_id)).map(|c| c.snapshot_id.clone()).collect();
-                    if !unexpected.is_empty() {
-                        tracing::error!(instance = %instance.instance_id, ?unexpected, "CreateSnapshots snapshotted volumes it was told to exclude");
-                    }
-                    let total = plan.instances.iter().map(|i| i.volume_ids.len()).sum::<usize>().max(1);
-                    self.save(|status, record, now| {
-                        for c in &created {
-                            record.snapshots.insert(c.volume_id.clone(), c.snapshot_id.clone());
-                        }
-                        let message = format!("{} of {total} snapshots started", record.snapshots.len());
-                        set_condition(status, NewCondition::truthy(ConditionType::VolumeBackupInitialized).because("Snapshotting", message), now);
-                    })
-                    .await?;
-                    self.ctx.metrics.snapshots_started(created.len());
-                }
-                Err(e) => {
-                    tracing::warn!(instance = %instance.instance_id, error = %e, "CreateSnapshots failed");
-                    first_error.get_or_insert((instance, e));
-                }
-            }
+            });
         }
-        drop(results);
+        let total = plan.instances.iter().map(|i| i.volume_ids.len()).sum::<usize>().max(1);
+        let mut first_error = None;
+        while let Some(joined) = calls.join_next().await {
+            // Results that arrived meanwhile are recorded in the same write.
+            let mut ready = vec![joined];
+            while let Some(more) = calls.try_join_next() {
+                ready.push(more);
+            }
+            let mut batch = Vec::new();
+            for joined in ready {
+                let (instance, result) = joined.expect("CreateSnapshots task panicked");
+                match result {
+                    Ok(created) => {
+                        if created.iter().any(|c| !instance.volume_ids.contains(&c.volume_id)) {
+                            tracing::error!(instance = %instance.instance_id, ?created, "CreateSnapshots snapshotted volumes it was told to exclude");
+                        }
+                        batch.extend(created);
+                    }
+                    Err(e) => {
+                        tracing::warn!(instance = %instance.instance_id, error = %e, "CreateSnapshots failed");
+                        first_error.get_or_insert((instance, e));
+                    }
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            self.save(|status, record, now| {
+                for c in &batch {
+                    record.snapshots.insert(c.volume_id.clone(), c.snapshot_id.clone());
+                }
+                let message = format!("{} of {total} snapshots started", record.snapshots.len());
+                set_condition(status, NewCondition::truthy(ConditionType::VolumeBackupInitialized).because("Snapshotting", message), now);
+            })
+            .await?;
+            self.ctx.metrics.snapshots_started(batch.len());
+        }
         if let Some((instance, e)) = first_error {
             // A timeout may hide a snapshot AWS did create: the failure handler finds those by tag.
             return self

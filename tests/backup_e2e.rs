@@ -123,7 +123,6 @@ async fn throttled_create_snapshots_are_retried_until_they_pass() {
     let scene = Scene::new("e2e-throttle", 2, 2).await;
     scene.access_key_secret("good", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
-    emulator.clear_requests().await;
     emulator
         .add_faults(vec![
             json!({"action": "CreateSnapshots", "status": 400, "code": "PendingSnapshotLimitExceeded", "times": 2}),
@@ -131,10 +130,18 @@ async fn throttled_create_snapshots_are_retried_until_they_pass() {
         ])
         .await;
     let before = settled_pd_state(scene.stack).await;
+    let started = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0 - 1.0;
     let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
     scene.apply(&scene.backup_yaml("throttled", json!({"s3": {"secretName": "good"}}), json!({}))).await;
     assert_completed(&scene, "throttled", &before).await;
-    let calls = emulator.requests(Some("CreateSnapshots")).await;
+    let ours = scene.cluster.tikv_volume_ids();
+    let calls: Vec<_> = emulator
+        .requests(Some("CreateSnapshots"))
+        .await
+        .into_iter()
+        .filter(|r| r["path"].as_str().is_some() && r["time"].as_f64() >= Some(started))
+        .filter(|r| r["error_code"].as_str().is_some() || r["volume_ids"].as_array().is_some_and(|v| v.iter().any(|id| ours.iter().any(|o| id == o.as_str()))))
+        .collect();
     let throttled = calls.iter().filter(|r| r["error_code"].as_str().is_some()).count();
     let succeeded = calls.iter().filter(|r| r["status"] == 200).count();
     assert_eq!(throttled, 4, "every injected throttle was met: {calls:#?}");

@@ -36,6 +36,8 @@ impl CredentialSource {
     }
 }
 
+pub const APP_NAME: &str = "tidb-ebs-backup";
+
 /// Operator-wide AWS settings.
 #[derive(Clone, Debug)]
 pub struct AwsSettings {
@@ -64,7 +66,8 @@ impl AwsIdentity {
         session_name: &str,
     ) -> Result<Self> {
         let regional_builder = || {
-            let builder = settings.base.to_builder();
+            // The app name marks our calls in CloudTrail (and in the test emulator's request log).
+            let builder = settings.base.to_builder().app_name(aws_config::AppName::new(APP_NAME).expect("valid app name"));
             match region.filter(|r| !r.is_empty()) {
                 Some(region) => builder.region(aws_config::Region::new(region.to_string())),
                 None => builder,

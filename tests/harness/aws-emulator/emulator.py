@@ -363,7 +363,8 @@ class EmulatorApp:
         started = time.time()
         req = Req(environ)
         entry: dict = {"time": started, "service": req.service, "region": req.region, "action": req.action,
-                       "method": req.method, "path": req.path, "injected": False}
+                       "method": req.method, "path": req.path, "injected": False,
+                       "user_agent": environ.get("HTTP_USER_AGENT", "")}
         rule = FAULTS.match(req)
         if rule and rule.get("delay_ms"):
             time.sleep(rule["delay_ms"] / 1000)

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use kube_lease_manager::LeaseManagerBuilder;
 use tidb_ebs_backup::aws::AwsSettings;
 use tidb_ebs_backup::backup::{self, Settings, context::RealConnectors};
 use tidb_ebs_backup::metrics::{self, Metrics};
@@ -36,6 +37,19 @@ struct Args {
     metrics_addr: SocketAddr,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Elect one active replica through a coordination.k8s.io Lease (disable only for a single replica).
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    #[arg(long, env = "LEASE_NAME", default_value = "tidb-ebs-backup")]
+    lease_name: String,
+    /// Namespace of the Lease; normally the operator's own (POD_NAMESPACE from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (POD_NAME from the downward API).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
     /// tracing filter, e.g. `info` or `tidb_ebs_backup=debug`.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -51,7 +65,9 @@ async fn main() -> anyhow_free::Result {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
     }
     let client = kube::Client::try_default().await?;
+    let identity = args.identity.clone().unwrap_or_else(|| format!("tidb-ebs-backup-{}", std::process::id()));
     let settings = Settings {
+        instance: Some(identity.clone()),
         pd_url_template: args.pd_url_template,
         pause_ttl: Duration::from_secs(args.pause_ttl_seconds),
         snapshot_concurrency: args.snapshot_concurrency,
@@ -61,9 +77,52 @@ async fn main() -> anyhow_free::Result {
     let metrics = Arc::new(Metrics::default());
     let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
     let connectors = Arc::new(RealConnectors::new(AwsSettings::from_environment().await));
-    tracing::info!(namespace = ?args.namespace, "starting");
-    backup::run(client, settings, connectors, metrics, args.namespace, shutdown_signal()).await;
+    if !args.leader_election {
+        tracing::info!(namespace = ?args.namespace, "starting without leader election");
+        backup::run(client, settings, connectors, metrics, args.namespace, shutdown_signal()).await;
+        server.abort();
+        return Ok(());
+    }
+    let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration_seconds)
+        .with_grace((args.lease_duration_seconds / 3).max(1))
+        .build()
+        .await?;
+    let (mut leader, lease_task) = lease.watch().await;
+    tracing::info!(%identity, lease = %args.lease_name, "waiting to become the active replica");
+    let mut shutdown = Box::pin(shutdown_signal());
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => { server.abort(); return Ok(()); }
+            changed = leader.changed() => changed?,
+        }
+        if *leader.borrow() {
+            break;
+        }
+    }
+    tracing::info!(%identity, namespace = ?args.namespace, "active replica: starting the controller");
+    let mut lost = leader.clone();
+    let lost_leadership = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = lost_leadership.clone();
+    backup::run(client, settings, connectors, metrics, args.namespace, async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = async { while lost.changed().await.is_ok() && *lost.borrow() {} } => {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    })
+    .await;
     server.abort();
+    // Dropping the receivers makes the lease task release the Lease, so a standby takes over at once.
+    drop(leader);
+    let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
+    if lost_leadership.load(std::sync::atomic::Ordering::SeqCst) {
+        // Another replica may act now; this process must not. Restarting makes it a candidate again.
+        return Err("lost the leader Lease; exiting so only one replica acts".into());
+    }
     Ok(())
 }
 

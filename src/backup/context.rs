@@ -26,6 +26,8 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// Upper bound on waiting out AWS throttling for one CreateSnapshots.
     pub throttle_backoff_max: Duration,
+    /// This replica's name, shown as the reporting instance of its Events.
+    pub instance: Option<String>,
 }
 
 impl Default for Settings {
@@ -38,6 +40,7 @@ impl Default for Settings {
             size_concurrency: 8,
             poll_interval: Duration::from_secs(5),
             throttle_backoff_max: Duration::from_secs(30),
+            instance: None,
         }
     }
 }

@@ -85,12 +85,13 @@ pub async fn run(
         None => Api::all(client.clone()),
     };
     let controller = Controller::new(backups, watcher::Config::default().any_semantic());
+    let reporter = kube::runtime::events::Reporter { controller: "tidb-ebs-backup".into(), instance: settings.instance.clone() };
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
         connectors,
         writer: Arc::new(crate::k8s::StatusWriter::new()),
-        recorder: kube::runtime::events::Recorder::new(client, "tidb-ebs-backup".into()),
+        recorder: kube::runtime::events::Recorder::new(client, reporter),
         backups: controller.store(),
         keepers: Default::default(),
         metrics: metrics.clone(),

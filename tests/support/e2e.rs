@@ -83,7 +83,11 @@ pub struct Scene {
 
 impl Scene {
     pub async fn new(prefix: &str, stores: usize, volumes_per_store: usize) -> Scene {
-        let stack = Stack::get();
+        Self::new_on(Stack::get(), prefix, stores, volumes_per_store).await
+    }
+
+    /// A scene on a variant of the stack (e.g. another PD).
+    pub async fn new_on(stack: &'static Stack, prefix: &str, stores: usize, volumes_per_store: usize) -> Scene {
         let namespace = stack.unique_namespace(prefix).await;
         let cluster = TidbClusterFixture::create(stack, &namespace, "basic", stores, volumes_per_store).await;
         let bucket = format!("bk-{namespace}");

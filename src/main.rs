@@ -37,6 +37,10 @@ struct Args {
     metrics_addr: SocketAddr,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Act only on Backups with these labels (e.g. `tidb-ebs-backup.io/managed=true`), the other half of
+    /// keeping TiDB Operator away through its controllerManager.selector.
+    #[arg(long, env = "BACKUP_SELECTOR")]
+    backup_selector: Option<String>,
     /// Elect one active replica through a coordination.k8s.io Lease (disable only for a single replica).
     #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
@@ -79,7 +83,7 @@ async fn main() -> anyhow_free::Result {
     let connectors = Arc::new(RealConnectors::new(AwsSettings::from_environment().await));
     if !args.leader_election {
         tracing::info!(namespace = ?args.namespace, "starting without leader election");
-        backup::run(client, settings, connectors, metrics, args.namespace, shutdown_signal()).await;
+        backup::run_selected(client, settings, connectors, metrics, args.namespace, args.backup_selector, shutdown_signal()).await;
         server.abort();
         return Ok(());
     }
@@ -106,7 +110,7 @@ async fn main() -> anyhow_free::Result {
     let mut lost = leader.clone();
     let lost_leadership = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = lost_leadership.clone();
-    backup::run(client, settings, connectors, metrics, args.namespace, async move {
+    backup::run_selected(client, settings, connectors, metrics, args.namespace, args.backup_selector, async move {
         tokio::select! {
             _ = shutdown => {}
             _ = async { while lost.changed().await.is_ok() && *lost.borrow() {} } => {

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::e2e::{Operator, PdState, Scene, assert_completed, pd_exclusive, pd_state, settings, settled_pd_state};
+use kube::ResourceExt;
 use support::eventually;
 use tidb_ebs_backup::api::{Backup, ConditionType};
 
@@ -187,4 +188,38 @@ async fn a_restarted_operator_continues_without_snapshotting_twice() {
     assert_eq!(ours.len(), scene.cluster.tikv.len(), "one CreateSnapshots per instance across both operators: {ours:#?}");
     assert_eq!(scene.snapshots_tagged(&uid).await.len(), scene.cluster.tikv_volume_ids().len(), "no volume snapshotted twice");
     second.stop().await;
+}
+
+#[tokio::test]
+async fn a_backup_tidb_operator_claimed_is_explained_and_unlabelled_ones_are_left_alone() {
+    let scene = Scene::new("e2e-coexist", 1, 1).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    // What TiDB Operator v1.5+ writes on its first sync of a single-cluster volume-snapshot Backup.
+    scene.apply(&scene.backup_yaml("claimed", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
+    let invalid = json!({"status": {"phase": "Invalid", "conditions": [{"type": "Invalid", "status": "True", "reason": "InvalidSpec",
+        "message": "only support volume snapshot backup across k8s clusters"}]}});
+    let output = scene.stack.kubectl(["patch", "bk", "claimed", "-n", &scene.namespace, "--type", "merge", "-p", &invalid.to_string()]).await;
+    assert!(output.status.success(), "{}", support::describe_output(&output));
+    let mut unlabelled = scene.backup_yaml("unlabelled", json!({"s3": {"secretName": "keys"}}), json!({}));
+    unlabelled["metadata"]["labels"] = json!({"team": "x"});
+    scene.apply(&unlabelled).await;
+
+    let selector = "tidb-ebs-backup.io/managed=true";
+    let labelled_operator = Operator::start_selected(scene.stack, &scene.namespace, settings(scene.stack), Some(selector)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(scene.api().get("unlabelled").await.unwrap().phase(), None, "a Backup outside --backup-selector is not touched");
+    labelled_operator.stop().await;
+
+    let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(scene.client.clone(), &scene.namespace);
+    let note = eventually("a TiDBOperatorInterference Event", Duration::from_secs(30), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.reason.as_deref() == Some("TiDBOperatorInterference")).and_then(|e| e.note)
+    })
+    .await;
+    assert!(note.contains("controllerManager.selector") && note.contains(selector), "{note}");
+    let claimed = scene.api().get("claimed").await.unwrap();
+    assert_eq!(claimed.phase(), Some(&ConditionType::Invalid), "TiDB Operator's verdict stays; we do not fight it");
+    assert!(claimed.annotations().get("tidb-ebs-backup/record").is_some_and(|r| !r.contains("plan")), "nothing was started");
+    operator.stop().await;
 }

@@ -58,6 +58,17 @@ pub fn next_step(backup: &Backup, record: &BackupRecord) -> Step {
     }
 }
 
+/// TiDB Operator v1.5+ marks single-cluster volume-snapshot Backups `Invalid` ("only support volume
+/// snapshot backup across k8s clusters") and then ignores them; its message names that.
+pub fn claimed_by_tidb_operator(backup: &Backup) -> Option<String> {
+    let status = backup.status.as_ref()?;
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ConditionType::Invalid && c.message.as_deref().is_some_and(|m| m.contains("across k8s")))
+        .and_then(|c| c.message.clone())
+}
+
 /// Whether a pause recorded at `refreshed_at` may have lapsed by `now` (PD drops it after the TTL).
 pub fn pause_lapsed(refreshed_at: i64, ttl_seconds: u64, now: i64) -> bool {
     now - refreshed_at >= ttl_seconds as i64
@@ -139,6 +150,22 @@ mod tests {
         let mut member = backup(None);
         member.spec.federal_volume_backup_phase = Some("initialize".into());
         assert_eq!(next_step(&member, &BackupRecord::default()), Step::Ignore);
+    }
+
+    #[test]
+    fn recognises_tidb_operators_invalid_marking() {
+        let mut ours = backup(Some(ConditionType::Invalid));
+        ours.status.as_mut().unwrap().conditions.push(crate::api::BackupCondition {
+            type_: ConditionType::Invalid,
+            status: crate::api::ConditionStatus::True,
+            last_transition_time: None,
+            reason: Some("InvalidSpec".into()),
+            message: Some("spec.br.cluster is required".into()),
+        });
+        assert_eq!(claimed_by_tidb_operator(&ours), None);
+        let mut theirs = ours.clone();
+        theirs.status.as_mut().unwrap().conditions[0].message = Some("only support volume snapshot backup across k8s clusters".into());
+        assert!(claimed_by_tidb_operator(&theirs).is_some());
     }
 
     #[test]

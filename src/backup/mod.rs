@@ -80,11 +80,28 @@ pub async fn run(
     namespace: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    run_selected(client, settings, connectors, metrics, namespace, None, shutdown).await
+}
+
+/// As `run`, acting only on Backups matching the label selector `selector`.
+pub async fn run_selected(
+    client: kube::Client,
+    settings: Settings,
+    connectors: Arc<dyn context::Connectors>,
+    metrics: Arc<crate::metrics::Metrics>,
+    namespace: Option<String>,
+    selector: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let backups: Api<Backup> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let controller = Controller::new(backups, watcher::Config::default().any_semantic());
+    let mut config = watcher::Config::default().any_semantic();
+    if let Some(selector) = selector.filter(|s| !s.is_empty()) {
+        config = config.labels(&selector);
+    }
+    let controller = Controller::new(backups, config);
     let reporter = kube::runtime::events::Reporter { controller: "tidb-ebs-backup".into(), instance: settings.instance.clone() };
     let ctx = Arc::new(Context {
         client: client.clone(),

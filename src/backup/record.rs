@@ -43,6 +43,9 @@ pub struct BackupRecord {
     /// Snapshots deleted while handling a failure or a deletion.
     #[serde(default)]
     pub snapshots_deleted: bool,
+    /// TiDB Operator claimed this Backup and that has been reported.
+    #[serde(default)]
+    pub interference_reported: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

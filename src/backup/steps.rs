@@ -28,6 +28,8 @@ use crate::k8s::volumes::resolve_volumes;
 use crate::pd::{Pd, PdEndpoint, PdTls, SCHEDULERS_TO_PAUSE, pause_config_values};
 
 pub const SNAPSHOT_PROGRESS_STEP: &str = "Snapshot";
+/// The label that keeps TiDB Operator (through its controllerManager.selector) away from our Backups.
+pub const SELECTOR_LABEL: &str = "tidb-ebs-backup.io/managed";
 const MIN_CLUSTER_VERSION: (u64, u64) = (6, 3);
 
 /// What the reconcile loop does after a step.
@@ -78,7 +80,11 @@ impl<'a> Reconcile<'a> {
             let step = next_step(&self.backup, &self.record);
             tracing::debug!(?step, "next step");
             let outcome = match step {
-                Step::Ignore | Step::Done => return Ok(None),
+                Step::Ignore => return Ok(None),
+                Step::Done => {
+                    self.report_interference().await?;
+                    return Ok(None);
+                }
                 Step::Schedule => self.schedule().await?,
                 Step::Preflight => self.preflight().await?,
                 Step::Pause => self.pause().await?,
@@ -172,6 +178,31 @@ impl<'a> Reconcile<'a> {
     async fn invalid(&mut self, message: impl Into<String>) -> Result<Outcome> {
         self.condition(NewCondition::truthy(ConditionType::Invalid).because("InvalidSpec", message)).await?;
         Ok(Outcome::Stop)
+    }
+
+    /// A Backup TiDB Operator marked Invalid is one we will never run: say why and how to fix it.
+    async fn report_interference(&mut self) -> Result<()> {
+        let Some(message) = super::machine::claimed_by_tidb_operator(&self.backup) else { return Ok(()) };
+        if self.record.interference_reported {
+            return Ok(());
+        }
+        let note = format!(
+            "TiDB Operator marked this Backup Invalid ({message}), so tidb-ebs-backup will not run it. Keep TiDB Operator \
+             away from volume-snapshot Backups: install it with controllerManager.selector [\"{SELECTOR_LABEL}!=true\"], \
+             create these Backups with label {SELECTOR_LABEL}=true, and run tidb-ebs-backup with --backup-selector {SELECTOR_LABEL}=true; then re-create this Backup"
+        );
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "TiDBOperatorInterference".into(),
+            note: Some(truncate(&note, 1024)),
+            action: "Skip".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.ctx.recorder.publish(&event, &self.backup.object_ref(&())).await {
+            tracing::warn!(error = %e, "publishing an Event failed");
+        }
+        tracing::warn!(%note, "Backup claimed by TiDB Operator");
+        self.save(|_, record, _| record.interference_reported = true).await
     }
 
     // ---- Schedule -------------------------------------------------------------------------------

@@ -35,6 +35,11 @@ pub struct Operator {
 impl Operator {
     /// The operator watching one namespace, configured like a deployment would be.
     pub async fn start(stack: &Stack, namespace: &str, settings: Settings) -> Operator {
+        Self::start_selected(stack, namespace, settings, None).await
+    }
+
+    /// An operator acting only on Backups matching `selector`.
+    pub async fn start_selected(stack: &Stack, namespace: &str, settings: Settings, selector: Option<&str>) -> Operator {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
@@ -43,9 +48,17 @@ impl Operator {
         let connectors = Arc::new(RealConnectors::new(AwsSettings { base: stack.aws_config().await }));
         let metrics = Arc::new(Metrics::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(backup::run(client, settings, connectors, metrics.clone(), Some(namespace.to_string()), async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(backup::run_selected(
+            client,
+            settings,
+            connectors,
+            metrics.clone(),
+            Some(namespace.to_string()),
+            selector.map(String::from),
+            async {
+                let _ = rx.await;
+            },
+        ));
         Operator { shutdown: Some(tx), task, metrics }
     }
 

@@ -1,6 +1,7 @@
 //! The Helm chart (`manifests/tidb-ebs-backup`): it lints, installs into a namespace next to an existing
-//! Backup CRD without touching it, uninstalls cleanly, and its ClusterRole grants exactly the Kubernetes
-//! calls the operator makes (checked with `kubectl auth can-i` impersonating the chart's ServiceAccount).
+//! Backup CRD without touching it, uninstalls cleanly, and its RBAC grants exactly the Kubernetes
+//! calls the operator makes, leader election included (checked with `kubectl auth can-i` impersonating the
+//! chart's ServiceAccount).
 //! No kubelet runs, so the operator pod never starts; only the objects are checked. Needs HARNESS_ENV
 //! (see tests/support).
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
 use support::{Stack, describe_output, eventually};
@@ -95,12 +96,14 @@ async fn chart_crd_is_the_repository_crd() {
 }
 
 #[tokio::test]
-async fn chart_refuses_more_than_one_replica_and_renders_the_service_monitor() {
+async fn chart_allows_standby_replicas_only_with_leader_election_and_renders_the_service_monitor() {
     let stack = Stack::get();
     let chart = chart();
     let out = stack.helm(["template", "r", chart.as_str(), "--set", "replicaCount=2"]).await;
-    assert!(!out.status.success(), "two replicas must be refused: {}", describe_output(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("leader election"), "{}", describe_output(&out));
+    assert!(out.status.success(), "two replicas with leader election: {}", describe_output(&out));
+    let out = stack.helm(["template", "r", chart.as_str(), "--set", "replicaCount=2", "--set", "leaderElection.enabled=false"]).await;
+    assert!(!out.status.success(), "two replicas without leader election must be refused: {}", describe_output(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("leaderElection.enabled is false"), "{}", describe_output(&out));
 
     let out = stack.helm(["template", "r", chart.as_str(), "--set", "serviceMonitor.enabled=true"]).await;
     assert!(out.status.success(), "{}", describe_output(&out));
@@ -128,6 +131,9 @@ async fn install_creates_the_operator_objects_keeps_the_crd_and_uninstall_remove
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
     let roles: Api<ClusterRole> = Api::all(client.clone());
     let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let lease_roles: Api<Role> = Api::namespaced(client.clone(), &namespace);
+    let lease_bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &namespace);
+    let lease_role = format!("{name}-leader-election");
 
     let deployment = deployments.get(&name).await.expect("Deployment");
     let spec = deployment.spec.as_ref().unwrap();
@@ -153,13 +159,20 @@ async fn install_creates_the_operator_objects_keeps_the_crd_and_uninstall_remove
         .env
         .iter()
         .flatten()
-        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .map(|e| {
+            let from_field = e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| format!("fieldRef:{}", f.field_path));
+            (e.name.clone(), e.value.clone().or(from_field).unwrap_or_default())
+        })
         .collect();
+    assert_eq!(env.get("POD_NAME").map(String::as_str), Some("fieldRef:metadata.name"));
+    assert_eq!(env.get("POD_NAMESPACE").map(String::as_str), Some("fieldRef:metadata.namespace"));
+    assert_eq!(env.get("LEADER_ELECTION").map(String::as_str), Some("true"));
+    assert_eq!(env.get("LEASE_NAME"), Some(&name), "the Lease is named after the release");
     assert_eq!(env.get("AWS_REGION").map(String::as_str), Some("us-west-2"));
     assert_eq!(env.get("AWS_ENDPOINT_URL_EC2").map(String::as_str), Some("http://ec2.example.invalid"));
     assert_eq!(env.get("METRICS_ADDR").map(String::as_str), Some("0.0.0.0:8080"));
     assert_eq!(env.get("PD_URL_TEMPLATE").map(String::as_str), Some("http://{cluster}-pd.{namespace}:2379"));
-    for unset in ["WATCH_NAMESPACE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_EBS", "AWS_ENDPOINT_URL_STS"] {
+    for unset in ["WATCH_NAMESPACE", "BACKUP_SELECTOR", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_EBS", "AWS_ENDPOINT_URL_STS"] {
         assert!(!env.contains_key(unset), "{unset} is set although its value is empty: {env:?}");
     }
 
@@ -172,6 +185,8 @@ async fn install_creates_the_operator_objects_keeps_the_crd_and_uninstall_remove
     let binding = bindings.get(&name).await.expect("ClusterRoleBinding named after the release");
     let subject = &binding.subjects.as_ref().unwrap()[0];
     assert_eq!((subject.name.as_str(), subject.namespace.as_deref()), (name.as_str(), Some(namespace.as_str())));
+    lease_roles.get(&lease_role).await.expect("leader-election Role");
+    lease_bindings.get(&lease_role).await.expect("leader-election RoleBinding");
 
     assert_eq!(backup_crd_version(stack).await, crd_before, "helm install must skip the existing Backup CRD");
 
@@ -181,7 +196,9 @@ async fn install_creates_the_operator_objects_keeps_the_crd_and_uninstall_remove
             && accounts.get_opt(&name).await.unwrap().is_none()
             && services.get_opt(&name).await.unwrap().is_none()
             && roles.get_opt(&name).await.unwrap().is_none()
-            && bindings.get_opt(&name).await.unwrap().is_none();
+            && bindings.get_opt(&name).await.unwrap().is_none()
+            && lease_roles.get_opt(&lease_role).await.unwrap().is_none()
+            && lease_bindings.get_opt(&lease_role).await.unwrap().is_none();
         gone.then_some(())
     })
     .await;
@@ -190,21 +207,21 @@ async fn install_creates_the_operator_objects_keeps_the_crd_and_uninstall_remove
 
 // ---- RBAC ----------------------------------------------------------------------------------------
 
-/// One `kubectl auth can-i` question: verb, resource, optional subresource, namespace (None: cluster
-/// scope or all namespaces).
+/// One `kubectl auth can-i` question: verb, resource (optionally `resource/name`), optional
+/// subresource, namespace (None: cluster scope or all namespaces).
 struct Ask {
     verb: &'static str,
-    resource: &'static str,
+    resource: String,
     subresource: Option<&'static str>,
-    namespace: Option<&'static str>,
+    namespace: Option<String>,
 }
 
-const fn ask(verb: &'static str, resource: &'static str, namespace: Option<&'static str>) -> Ask {
-    Ask { verb, resource, subresource: None, namespace }
+fn ask(verb: &'static str, resource: &str, namespace: Option<&str>) -> Ask {
+    Ask { verb, resource: resource.to_string(), subresource: None, namespace: namespace.map(str::to_string) }
 }
 
-const fn ask_sub(verb: &'static str, resource: &'static str, subresource: &'static str, namespace: Option<&'static str>) -> Ask {
-    Ask { verb, resource, subresource: Some(subresource), namespace }
+fn ask_sub(verb: &'static str, resource: &str, subresource: &'static str, namespace: Option<&str>) -> Ask {
+    Ask { subresource: Some(subresource), ..ask(verb, resource, namespace) }
 }
 
 /// Any namespace a Backup or its TidbCluster may live in (not the operator's own).
@@ -212,75 +229,98 @@ const TIDB_NS: Option<&str> = Some("tidb-somewhere");
 const ALL: Option<&str> = None;
 
 /// Every call the operator makes, with its code site.
-const NEEDED: &[Ask] = &[
-    // src/backup/mod.rs run(): Controller::new(Api::all::<Backup>) lists and watches Backups.
-    ask("list", "backups.pingcap.com", ALL),
-    ask("watch", "backups.pingcap.com", ALL),
-    ask("list", "backups.pingcap.com", TIDB_NS),
-    ask("watch", "backups.pingcap.com", TIDB_NS),
-    // src/k8s/status_writer.rs update() (re-read on conflict), src/backup/keeper.rs (pause refresh).
-    ask("get", "backups.pingcap.com", TIDB_NS),
-    // src/k8s/status_writer.rs write(): Patch::Merge of status, annotations and finalizers.
-    ask("patch", "backups.pingcap.com", TIDB_NS),
-    // src/k8s/status_writer.rs: patch_status where the CRD has a status subresource.
-    ask_sub("patch", "backups.pingcap.com", "status", TIDB_NS),
-    // src/backup/steps.rs: the TidbCluster, get_opt.
-    ask("get", "tidbclusters.pingcap.com", TIDB_NS),
-    // src/k8s/volumes.rs resolve_volumes(): label-selected lists.
-    ask("list", "pods", TIDB_NS),
-    ask("list", "persistentvolumeclaims", TIDB_NS),
-    ask("list", "persistentvolumes", ALL),
-    // src/k8s/identity.rs (spec.s3.secretName) and src/backup/steps.rs pd_client (<cluster>-cluster-client-secret).
-    ask("get", "secrets", TIDB_NS),
-    // src/k8s/identity.rs: spec.serviceAccount and its TokenRequest.
-    ask("get", "serviceaccounts", TIDB_NS),
-    ask_sub("create", "serviceaccounts", "token", TIDB_NS),
-    // src/backup/steps.rs publish_phase() -> kube-runtime Recorder::publish (events.k8s.io/v1 create, or patch of a series).
-    ask("create", "events.events.k8s.io", TIDB_NS),
-    ask("patch", "events.events.k8s.io", TIDB_NS),
-];
+fn needed() -> Vec<Ask> {
+    vec![
+        // src/backup/mod.rs run_selected(): Controller::new(Api::all::<Backup>) lists and watches Backups.
+        ask("list", "backups.pingcap.com", ALL),
+        ask("watch", "backups.pingcap.com", ALL),
+        ask("list", "backups.pingcap.com", TIDB_NS),
+        ask("watch", "backups.pingcap.com", TIDB_NS),
+        // src/k8s/status_writer.rs update() (re-read on conflict), src/backup/keeper.rs (pause refresh).
+        ask("get", "backups.pingcap.com", TIDB_NS),
+        // src/k8s/status_writer.rs write(): Patch::Merge of status, annotations and finalizers.
+        ask("patch", "backups.pingcap.com", TIDB_NS),
+        // src/k8s/status_writer.rs: patch_status where the CRD has a status subresource.
+        ask_sub("patch", "backups.pingcap.com", "status", TIDB_NS),
+        // src/backup/steps.rs: the TidbCluster, get_opt.
+        ask("get", "tidbclusters.pingcap.com", TIDB_NS),
+        // src/k8s/volumes.rs resolve_volumes(): label-selected lists.
+        ask("list", "pods", TIDB_NS),
+        ask("list", "persistentvolumeclaims", TIDB_NS),
+        ask("list", "persistentvolumes", ALL),
+        // src/k8s/identity.rs (spec.s3.secretName) and src/backup/steps.rs pd_client (<cluster>-cluster-client-secret).
+        ask("get", "secrets", TIDB_NS),
+        // src/k8s/identity.rs: spec.serviceAccount and its TokenRequest.
+        ask("get", "serviceaccounts", TIDB_NS),
+        ask_sub("create", "serviceaccounts", "token", TIDB_NS),
+        // src/backup/steps.rs -> kube-runtime Recorder::publish (events.k8s.io/v1 create, or patch of a series).
+        ask("create", "events.events.k8s.io", TIDB_NS),
+        ask("patch", "events.events.k8s.io", TIDB_NS),
+    ]
+}
+
+/// src/main.rs leader election (kube-lease-manager): the release's Lease in the operator's namespace.
+fn needed_for_the_lease(operator_ns: &str, lease: &str) -> Vec<Ask> {
+    let named = format!("leases.coordination.k8s.io/{lease}");
+    vec![
+        ask("create", "leases.coordination.k8s.io", Some(operator_ns)),
+        ask("get", &named, Some(operator_ns)),
+        ask("patch", &named, Some(operator_ns)),
+    ]
+}
 
 /// Calls the operator never makes.
-const NOT_NEEDED: &[Ask] = &[
-    ask("create", "backups.pingcap.com", TIDB_NS),
-    ask("update", "backups.pingcap.com", TIDB_NS),
-    ask("delete", "backups.pingcap.com", TIDB_NS),
-    ask("deletecollection", "backups.pingcap.com", TIDB_NS),
-    ask_sub("update", "backups.pingcap.com", "finalizers", TIDB_NS),
-    ask("get", "restores.pingcap.com", TIDB_NS),
-    ask("list", "tidbclusters.pingcap.com", TIDB_NS),
-    ask("update", "tidbclusters.pingcap.com", TIDB_NS),
-    ask("patch", "tidbclusters.pingcap.com", TIDB_NS),
-    ask("get", "pods", TIDB_NS),
-    ask("watch", "pods", TIDB_NS),
-    ask("create", "pods", TIDB_NS),
-    ask("delete", "pods", TIDB_NS),
-    ask_sub("create", "pods", "exec", TIDB_NS),
-    ask("patch", "persistentvolumeclaims", TIDB_NS),
-    ask("get", "persistentvolumes", ALL),
-    ask("update", "persistentvolumes", ALL),
-    ask("list", "secrets", TIDB_NS),
-    ask("list", "secrets", ALL),
-    ask("watch", "secrets", ALL),
-    ask("create", "secrets", TIDB_NS),
-    ask("update", "secrets", TIDB_NS),
-    ask("list", "serviceaccounts", TIDB_NS),
-    ask("create", "serviceaccounts", TIDB_NS),
-    ask("create", "events", TIDB_NS),
-    ask("delete", "events.events.k8s.io", TIDB_NS),
-    ask("get", "leases.coordination.k8s.io", TIDB_NS),
-    ask("create", "jobs.batch", TIDB_NS),
-    ask("create", "clusterrolebindings.rbac.authorization.k8s.io", ALL),
-];
+fn not_needed(operator_ns: &str, lease: &str) -> Vec<Ask> {
+    let named = format!("leases.coordination.k8s.io/{lease}");
+    vec![
+        ask("create", "backups.pingcap.com", TIDB_NS),
+        ask("update", "backups.pingcap.com", TIDB_NS),
+        ask("delete", "backups.pingcap.com", TIDB_NS),
+        ask("deletecollection", "backups.pingcap.com", TIDB_NS),
+        ask_sub("update", "backups.pingcap.com", "finalizers", TIDB_NS),
+        ask("get", "restores.pingcap.com", TIDB_NS),
+        ask("list", "tidbclusters.pingcap.com", TIDB_NS),
+        ask("update", "tidbclusters.pingcap.com", TIDB_NS),
+        ask("patch", "tidbclusters.pingcap.com", TIDB_NS),
+        ask("get", "pods", TIDB_NS),
+        ask("watch", "pods", TIDB_NS),
+        ask("create", "pods", TIDB_NS),
+        ask("delete", "pods", TIDB_NS),
+        ask_sub("create", "pods", "exec", TIDB_NS),
+        ask("patch", "persistentvolumeclaims", TIDB_NS),
+        ask("get", "persistentvolumes", ALL),
+        ask("update", "persistentvolumes", ALL),
+        ask("list", "secrets", TIDB_NS),
+        ask("list", "secrets", ALL),
+        ask("watch", "secrets", ALL),
+        ask("create", "secrets", TIDB_NS),
+        ask("update", "secrets", TIDB_NS),
+        ask("list", "serviceaccounts", TIDB_NS),
+        ask("create", "serviceaccounts", TIDB_NS),
+        ask("create", "events", TIDB_NS),
+        ask("delete", "events.events.k8s.io", TIDB_NS),
+        ask("create", "jobs.batch", TIDB_NS),
+        ask("create", "clusterrolebindings.rbac.authorization.k8s.io", ALL),
+        // The Lease: only the release's own, only in the release namespace, never deleted or listed.
+        ask("get", "leases.coordination.k8s.io/some-other-lease", Some(operator_ns)),
+        ask("patch", "leases.coordination.k8s.io/some-other-lease", Some(operator_ns)),
+        ask("update", &named, Some(operator_ns)),
+        ask("delete", &named, Some(operator_ns)),
+        ask("list", "leases.coordination.k8s.io", Some(operator_ns)),
+        ask("watch", "leases.coordination.k8s.io", Some(operator_ns)),
+        ask("get", &named, TIDB_NS),
+        ask("create", "leases.coordination.k8s.io", TIDB_NS),
+    ]
+}
 
 /// Whether `user` may do what `q` asks, per the apiserver (kubectl impersonates; the harness user is admin).
 async fn can_i(stack: &Stack, user: &str, q: &Ask) -> bool {
-    let mut args = vec!["auth".to_string(), "can-i".into(), q.verb.into(), q.resource.into(), format!("--as={user}")];
+    let mut args = vec!["auth".to_string(), "can-i".into(), q.verb.into(), q.resource.clone(), format!("--as={user}")];
     if let Some(sub) = q.subresource {
         args.push(format!("--subresource={sub}"));
     }
-    match q.namespace {
-        Some(ns) => args.extend(["--namespace".to_string(), ns.to_string()]),
+    match &q.namespace {
+        Some(ns) => args.extend(["--namespace".to_string(), ns.clone()]),
         None if q.resource == "persistentvolumes" || q.resource.starts_with("clusterrole") => {}
         None => args.push("--all-namespaces".into()),
     }
@@ -295,50 +335,51 @@ async fn can_i(stack: &Stack, user: &str, q: &Ask) -> bool {
 
 fn describe(q: &Ask) -> String {
     let sub = q.subresource.map(|s| format!("/{s}")).unwrap_or_default();
-    format!("{} {}{} in {}", q.verb, q.resource, sub, q.namespace.unwrap_or("<all>"))
+    format!("{} {}{} in {}", q.verb, q.resource, sub, q.namespace.as_deref().unwrap_or("<all>"))
+}
+
+/// The answers that differ from `expected`, described.
+async fn mismatches(stack: &Stack, user: &str, asks: &[Ask], expected: bool) -> Vec<String> {
+    let mut wrong = vec![];
+    for q in asks {
+        if can_i(stack, user, q).await != expected {
+            let what = if expected { "denied but needed" } else { "granted but not needed" };
+            wrong.push(format!("{what}: {}", describe(q)));
+        }
+    }
+    wrong
 }
 
 #[tokio::test]
-async fn cluster_role_grants_exactly_what_the_operator_calls() {
+async fn rbac_grants_exactly_what_the_operator_calls() {
     let stack = Stack::get();
     let namespace = stack.unique_namespace("helm-rbac").await;
     let release = release_for(&namespace);
+    let lease = fullname(&release);
     install(stack, &namespace, &release, &[]).await;
     let user = format!("system:serviceaccount:{namespace}:{}", fullname(&release));
 
-    let mut wrong = vec![];
-    for q in NEEDED {
-        if !can_i(stack, &user, q).await {
-            wrong.push(format!("denied but needed: {}", describe(q)));
-        }
-    }
-    for q in NOT_NEEDED {
-        if can_i(stack, &user, q).await {
-            wrong.push(format!("granted but not needed: {}", describe(q)));
-        }
-    }
+    let mut wrong = mismatches(stack, &user, &needed(), true).await;
+    wrong.extend(mismatches(stack, &user, &needed_for_the_lease(&namespace, &lease), true).await);
+    wrong.extend(mismatches(stack, &user, &not_needed(&namespace, &lease), false).await);
     uninstall(stack, &namespace, &release).await;
     assert!(wrong.is_empty(), "RBAC of the chart's ServiceAccount:\n{}", wrong.join("\n"));
 }
 
 #[tokio::test]
-async fn without_irsa_per_backup_the_operator_cannot_mint_tokens() {
+async fn optional_permissions_follow_the_values() {
     let stack = Stack::get();
-    let namespace = stack.unique_namespace("helm-noirsa").await;
+    let namespace = stack.unique_namespace("helm-optional").await;
     let release = release_for(&namespace);
-    install(stack, &namespace, &release, &["--set", "irsaPerBackup.enabled=false"]).await;
+    let lease = fullname(&release);
+    install(stack, &namespace, &release, &["--set", "irsaPerBackup.enabled=false", "--set", "leaderElection.enabled=false"]).await;
     let user = format!("system:serviceaccount:{namespace}:{}", fullname(&release));
 
-    let token = ask_sub("create", "serviceaccounts", "token", TIDB_NS);
-    let token_granted = can_i(stack, &user, &token).await;
-    let rest_granted = {
-        let mut all = true;
-        for q in NEEDED.iter().filter(|q| q.subresource != Some("token")) {
-            all &= can_i(stack, &user, q).await;
-        }
-        all
-    };
+    let (token, rest): (Vec<Ask>, Vec<Ask>) = needed().into_iter().partition(|q| q.subresource == Some("token"));
+    let mut wrong = mismatches(stack, &user, &rest, true).await;
+    // irsaPerBackup.enabled=false: no TokenRequests; leaderElection.enabled=false: no Lease access.
+    wrong.extend(mismatches(stack, &user, &token, false).await);
+    wrong.extend(mismatches(stack, &user, &needed_for_the_lease(&namespace, &lease), false).await);
     uninstall(stack, &namespace, &release).await;
-    assert!(!token_granted, "irsaPerBackup.enabled=false must not grant {}", describe(&token));
-    assert!(rest_granted, "irsaPerBackup.enabled=false must keep every other permission");
+    assert!(wrong.is_empty(), "RBAC with irsaPerBackup and leaderElection off:\n{}", wrong.join("\n"));
 }

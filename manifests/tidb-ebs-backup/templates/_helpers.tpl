@@ -48,3 +48,7 @@ app.kubernetes.io/component: operator
 {{- define "tidb-ebs-backup.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
 {{- end }}
+
+{{- define "tidb-ebs-backup.leaseName" -}}
+{{- default (include "tidb-ebs-backup.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}

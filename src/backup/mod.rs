@@ -116,8 +116,18 @@ pub async fn run_selected(
     let store = controller.store();
     let ready = metrics.clone();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            ready.set_ready();
+        // The store's readiness signal wakes only its latest waiter (the controller's own), so a second
+        // waiter must poll again to see it.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(500), store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    tracing::info!("Backup watch synced; ready");
+                    ready.set_ready();
+                    return;
+                }
+                Ok(Err(e)) => return tracing::warn!(error = %e, "Backup watch ended before it synced"),
+                Err(_) => continue,
+            }
         }
     });
     controller

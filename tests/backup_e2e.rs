@@ -223,3 +223,76 @@ async fn a_backup_tidb_operator_claimed_is_explained_and_unlabelled_ones_are_lef
     assert!(claimed.annotations().get("tidb-ebs-backup/record").is_some_and(|r| !r.contains("plan")), "nothing was started");
     operator.stop().await;
 }
+
+/// A TCP relay to PD that can be cut, to make PD unreachable in the middle of a backup.
+struct PdRelay {
+    url: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl PdRelay {
+    async fn start(pd_url: &str) -> PdRelay {
+        let target = pd_url.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (flag, open) = (cut.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let target = target.clone();
+                open.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        PdRelay { url, cut, connections }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn pd_lost_mid_backup_fails_cleanly_and_the_pause_expires() {
+    let _pd = pd_exclusive().await;
+    let scene = Scene::new("e2e-pdlost", 2, 1).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let emulator = scene.stack.emulator();
+    let slow = emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 3000, "times": 2})).await;
+    let before = settled_pd_state(scene.stack).await;
+    let relay = PdRelay::start(&scene.stack.pd_url).await;
+    let mut config = settings(scene.stack);
+    config.pd_url_template = relay.url.clone();
+    config.pause_ttl = Duration::from_secs(6);
+    let operator = Operator::start(scene.stack, &scene.namespace, config).await;
+    scene.apply(&scene.backup_yaml("pd-lost", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
+    eventually("PD to be paused", Duration::from_secs(60), || async { (!pd_state(scene.stack).await.paused.is_empty()).then_some(()) }).await;
+    relay.cut();
+
+    let backup = scene.wait_phase("pd-lost", &[ConditionType::Failed, ConditionType::Complete], Duration::from_secs(90)).await;
+    let failed = backup.status.clone().unwrap().conditions.into_iter().find(|c| c.type_ == ConditionType::Failed).expect("Failed");
+    assert_eq!(failed.reason.as_deref(), Some("PDResumeFailed"), "{failed:#?}");
+    let message = failed.message.unwrap();
+    assert!(message.contains("PD drops the pause by itself") && message.contains("deleted"), "{message}");
+    assert!(scene.snapshots_tagged(backup.metadata.uid.as_deref().unwrap()).await.is_empty(), "no stray snapshots");
+    // Nobody refreshes the pause any more: PD lets it go within the TTL.
+    eventually("the pause to expire in PD", Duration::from_secs(30), || async {
+        (pd_state(scene.stack).await == before).then_some(())
+    })
+    .await;
+    if let Some(id) = slow["id"].as_u64() {
+        emulator.remove_fault(id).await;
+    }
+    operator.stop().await;
+}

@@ -83,7 +83,7 @@ async fn main() -> anyhow_free::Result {
     let connectors = Arc::new(RealConnectors::new(AwsSettings::from_environment().await));
     if !args.leader_election {
         tracing::info!(namespace = ?args.namespace, "starting without leader election");
-        backup::run_selected(client, settings, connectors, metrics, args.namespace, args.backup_selector, shutdown_signal()).await;
+        backup::run(client, settings, connectors, metrics, args.namespace, args.backup_selector, shutdown_signal()).await;
         server.abort();
         return Ok(());
     }
@@ -110,7 +110,7 @@ async fn main() -> anyhow_free::Result {
     let mut lost = leader.clone();
     let lost_leadership = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = lost_leadership.clone();
-    backup::run_selected(client, settings, connectors, metrics, args.namespace, args.backup_selector, async move {
+    backup::run(client, settings, connectors, metrics, args.namespace, args.backup_selector, async move {
         tokio::select! {
             _ = shutdown => {}
             _ = async { while lost.changed().await.is_ok() && *lost.borrow() {} } => {

@@ -231,7 +231,7 @@ const ALL: Option<&str> = None;
 /// Every call the operator makes, with its code site.
 fn needed() -> Vec<Ask> {
     vec![
-        // src/backup/mod.rs run_selected(): Controller::new(Api::all::<Backup>) lists and watches Backups.
+        // src/backup/mod.rs run(): Controller::new(Api::all::<Backup>) lists and watches Backups.
         ask("list", "backups.pingcap.com", ALL),
         ask("watch", "backups.pingcap.com", ALL),
         ask("list", "backups.pingcap.com", TIDB_NS),

@@ -71,20 +71,8 @@ pub fn error_policy(backup: Arc<Backup>, error: &Error, ctx: Arc<Context>) -> Ac
     }
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller on the Backups matching `selector` (all when `None`) until `shutdown` resolves.
 pub async fn run(
-    client: kube::Client,
-    settings: Settings,
-    connectors: Arc<dyn context::Connectors>,
-    metrics: Arc<crate::metrics::Metrics>,
-    namespace: Option<String>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    run_selected(client, settings, connectors, metrics, namespace, None, shutdown).await
-}
-
-/// As `run`, acting only on Backups matching the label selector `selector`.
-pub async fn run_selected(
     client: kube::Client,
     settings: Settings,
     connectors: Arc<dyn context::Connectors>,

@@ -48,7 +48,7 @@ impl Operator {
         let connectors = Arc::new(RealConnectors::new(AwsSettings { base: stack.aws_config().await }));
         let metrics = Arc::new(Metrics::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(backup::run_selected(
+        let task = tokio::spawn(backup::run(
             client,
             settings,
             connectors,

@@ -20,6 +20,7 @@ async fn access_key_backup_completes_and_pauses_pd_only_while_snapshotting() {
     let scene = Scene::new("e2e-key", 3, 2).await;
     scene.access_key_secret("s3-secret", json!({"access_key": "AKIDEXAMPLE", "secret_key": "secret"})).await;
     let emulator = scene.stack.emulator();
+    emulator.clear_faults().await;
     emulator.set_snapshot_pending_seconds(2.0).await;
     // Slow CreateSnapshots down so the pause can be observed from PD's side.
     emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 1500, "times": 3})).await;
@@ -124,6 +125,7 @@ async fn throttled_create_snapshots_are_retried_until_they_pass() {
     let scene = Scene::new("e2e-throttle", 2, 2).await;
     scene.access_key_secret("good", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
+    emulator.clear_faults().await;
     emulator
         .add_faults(vec![
             json!({"action": "CreateSnapshots", "status": 400, "code": "PendingSnapshotLimitExceeded", "times": 2}),
@@ -159,6 +161,7 @@ async fn a_restarted_operator_continues_without_snapshotting_twice() {
     let scene = Scene::new("e2e-restart", 3, 1).await;
     scene.access_key_secret("keys", serde_json::json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
+    emulator.clear_faults().await;
     let slow = emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 2500, "times": 3})).await;
     let before = settled_pd_state(scene.stack).await;
     let first = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
@@ -269,6 +272,7 @@ async fn pd_lost_mid_backup_fails_cleanly_and_the_pause_expires() {
     let scene = Scene::new("e2e-pdlost", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
+    emulator.clear_faults().await;
     let slow = emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 3000, "times": 2})).await;
     let before = settled_pd_state(scene.stack).await;
     let relay = PdRelay::start(&scene.stack.pd_url).await;
@@ -277,7 +281,13 @@ async fn pd_lost_mid_backup_fails_cleanly_and_the_pause_expires() {
     config.pause_ttl = Duration::from_secs(6);
     let operator = Operator::start(scene.stack, &scene.namespace, config).await;
     scene.apply(&scene.backup_yaml("pd-lost", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
-    eventually("PD to be paused", Duration::from_secs(60), || async { (!pd_state(scene.stack).await.paused.is_empty()).then_some(()) }).await;
+    // Cut PD while the CreateSnapshots calls are in flight (they are slowed down to 3 s).
+    let api = scene.api();
+    eventually("CreateSnapshots to be under way", Duration::from_secs(60), || async {
+        let backup = api.get("pd-lost").await.ok()?;
+        backup.annotations().get("tidb-ebs-backup/record")?.contains("snapshotRequests").then_some(())
+    })
+    .await;
     relay.cut();
 
     let backup = scene.wait_phase("pd-lost", &[ConditionType::Failed, ConditionType::Complete], Duration::from_secs(90)).await;

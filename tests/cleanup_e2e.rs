@@ -130,6 +130,7 @@ async fn delete_snapshot_throttling_is_retried_within_the_delete_rate() {
     let uid = backup.metadata.uid.clone().unwrap();
     let snapshots: Vec<String> = scene.snapshots_tagged(&uid).await.iter().filter_map(|s| s.snapshot_id().map(String::from)).collect();
     let emulator = scene.stack.emulator();
+    emulator.clear_faults().await;
     let fault = emulator
         .add_fault(json!({"action": "DeleteSnapshot", "status": 503, "code": "RequestLimitExceeded", "times": 3}))
         .await;

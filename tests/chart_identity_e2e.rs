@@ -57,7 +57,7 @@ async fn the_chart_identity_is_enough_to_run_a_backup() {
     // Someone else holds the Lease for a few seconds: until then this replica must not report ready.
     let leases: Api<Lease> = Api::namespaced(scene.client.clone(), &operator_ns);
     let lease: Lease = serde_json::from_value(json!({"metadata": {"name": fullname}, "spec": {
-        "holderIdentity": "someone-else", "leaseDurationSeconds": 6, "renewTime": MicroTime(jiff::Timestamp::now())}}))
+        "holderIdentity": "someone-else", "leaseDurationSeconds": 15, "renewTime": MicroTime(jiff::Timestamp::now())}}))
     .unwrap();
     leases.create(&PostParams::default(), &lease).await.unwrap();
 
@@ -79,7 +79,7 @@ async fn the_chart_identity_is_enough_to_run_a_backup() {
     let base = format!("http://127.0.0.1:{port}");
     eventually("/healthz", Duration::from_secs(30), || async { (status_of(&format!("{base}/healthz")).await == Some(200)).then_some(()) }).await;
     assert_eq!(status_of(&format!("{base}/readyz")).await, Some(503), "not ready while another replica holds the Lease");
-    eventually("/readyz after taking the Lease", Duration::from_secs(30), || async {
+    eventually("/readyz after taking the Lease", Duration::from_secs(60), || async {
         (status_of(&format!("{base}/readyz")).await == Some(200)).then_some(())
     })
     .await;

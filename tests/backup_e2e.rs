@@ -10,7 +10,6 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::e2e::{Operator, PdState, Scene, assert_completed, pd_exclusive, pd_state, settings, settled_pd_state};
-use kube::ResourceExt;
 use support::eventually;
 use tidb_ebs_backup::api::{Backup, ConditionType};
 

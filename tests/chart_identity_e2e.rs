@@ -14,12 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::e2e::{Scene, pd_exclusive};
-use support::{describe_output, eventually, http};
+use support::{describe_output, eventually, free_port, http};
 use tidb_ebs_backup::api::ConditionType;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 async fn status_of(url: &str) -> Option<u16> {
     http().get(url).send().await.ok().map(|r| r.status().as_u16())

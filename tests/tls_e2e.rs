@@ -9,14 +9,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::Stack;
+use support::{Stack, free_port};
 use support::e2e::{Operator, Scene, settings};
 use tidb_ebs_backup::api::ConditionType;
 use tidb_ebs_backup::api::tidbcluster::tidbcluster_resource;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Starts a PD (and its fake TiKV) serving TLS only; returns the stack pointing at it and its cert dir.
 async fn stack_with_tls_pd(dir: &Path) -> &'static Stack {

@@ -248,9 +248,9 @@ impl<'a> Reconcile<'a> {
         if spec.br.cluster.is_empty() {
             return self.invalid("spec.br.cluster is required: name the TidbCluster to back up").await;
         }
-        let Some((bucket, _)) = spec.s3.as_ref().and_then(|s3| s3.bucket_and_prefix()) else {
+        if spec.s3.as_ref().and_then(|s3| s3.bucket_and_prefix()).is_none() {
             return self.invalid("a volume-snapshot backup needs spec.s3 with a bucket (or the legacy path)").await;
-        };
+        }
         if let Some(ahead) = self.backup_ahead() {
             let message = format!("waiting for Backup {ahead} of the same TidbCluster to finish");
             self.condition(NewCondition::truthy(ConditionType::Scheduled).because("WaitingForOtherBackup", message)).await?;
@@ -259,7 +259,6 @@ impl<'a> Reconcile<'a> {
         match self.plan().await? {
             Ok((plan, aws)) => {
                 let location = aws.meta.location();
-                let _ = bucket;
                 self.save(|status, record, now| {
                     record.plan = Some(plan.clone());
                     status.backup_path = Some(location.clone());

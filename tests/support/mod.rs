@@ -435,3 +435,8 @@ mod tests {
         assert!(err.contains("KUBE_APISERVER"), "{err}");
     }
 }
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

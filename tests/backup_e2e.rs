@@ -194,6 +194,8 @@ async fn a_restarted_operator_continues_without_snapshotting_twice() {
 
 #[tokio::test]
 async fn a_backup_tidb_operator_claimed_is_explained_and_unlabelled_ones_are_left_alone() {
+    // The second operator here runs the unlabelled Backup for real, which pauses PD.
+    let _pd = pd_exclusive().await;
     let scene = Scene::new("e2e-coexist", 1, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     // What TiDB Operator v1.5+ writes on its first sync of a single-cluster volume-snapshot Backup.

@@ -835,6 +835,11 @@ impl<'a> Reconcile<'a> {
             }
         };
         let started = self.backup.status.as_ref().and_then(|s| s.time_started.clone());
+        // A successful OnFailure backup keeps its data: the finalizer goes before `Complete` is shown, so
+        // whoever sees `Complete` also sees the finalizer as it will stay.
+        if super::cleanup::needs_finalizer(&self.backup) && self.backup.spec.clean_policy == crate::api::CleanPolicy::OnFailure {
+            self.set_finalizer(false).await?;
+        }
         self.save(|status, record, now| {
             if let Some(full) = full {
                 status.backup_size = Some(full as i64);
@@ -854,9 +859,6 @@ impl<'a> Reconcile<'a> {
         })
         .await?;
         self.ctx.metrics.backup_finished("complete", self.record.started_at.map(|s| (unix_now() - s) as f64));
-        if !super::cleanup::needs_finalizer(&self.backup) {
-            self.set_finalizer(false).await?;
-        }
         Ok(Outcome::Stop)
     }
 

@@ -1,7 +1,6 @@
 //! Deleting a Backup: stop it safely, then keep or delete its snapshots and `backupmeta` as
 //! `spec.cleanPolicy` says, guarded by the `tidb.pingcap.com/backup-protection` finalizer.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use super::context::AwsClients;
@@ -118,17 +117,11 @@ impl Reconcile<'_> {
     }
 
     async fn delete_data(&mut self, aws: &AwsClients) -> std::result::Result<usize, String> {
-        let mut ids: BTreeSet<String> = self.record.snapshots.values().cloned().collect();
+        let mut ids = self.snapshots_created(aws).await?;
         let backupmeta = aws.meta.get(meta::META_FILE).await.map_err(|e| format!("reading backupmeta: {e}"))?;
         if let Some(json) = backupmeta.as_deref().and_then(|b| serde_json::from_slice(b).ok()) {
             ids.extend(meta::snapshot_ids_in_meta(&json));
         }
-        let tagged = aws
-            .snapshots
-            .find_snapshots_by_tag(TAG_BACKUP_UID, &self.uid())
-            .await
-            .map_err(|e| format!("finding snapshots by tag: {e}"))?;
-        ids.extend(tagged.into_iter().map(|s| s.snapshot_id));
         let per_second = self.backup.spec.clean_option.as_ref().and_then(|o| o.snapshots_delete_ratio).filter(|r| *r > 0.0).unwrap_or(1.0);
         let spacing = Duration::from_secs_f64(1.0 / per_second);
         let deadline = Instant::now() + Duration::from_secs(600);

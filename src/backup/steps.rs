@@ -946,12 +946,23 @@ impl<'a> Reconcile<'a> {
         Ok(Outcome::Stop)
     }
 
+    /// Every snapshot this backup created: the recorded ones and any found by our tag (e.g. from a call
+    /// whose answer was lost).
+    pub(super) async fn snapshots_created(&self, aws: &AwsClients) -> std::result::Result<BTreeSet<String>, String> {
+        let mut ids: BTreeSet<String> = self.record.snapshots.values().cloned().collect();
+        let tagged = aws
+            .snapshots
+            .find_snapshots_by_tag(TAG_BACKUP_UID, &self.uid())
+            .await
+            .map_err(|e| format!("finding snapshots by tag: {e}"))?;
+        ids.extend(tagged.into_iter().map(|s| s.snapshot_id));
+        Ok(ids)
+    }
+
     /// Deletes every snapshot this backup created: recorded ones and any found by tag.
     async fn delete_own_snapshots(&self) -> std::result::Result<usize, String> {
         let aws = self.aws_clients().await.map_err(|f| f.message)?;
-        let mut ids: BTreeSet<String> = self.record.snapshots.values().cloned().collect();
-        let tagged = aws.snapshots.find_snapshots_by_tag(TAG_BACKUP_UID, &self.uid()).await.map_err(|e| e.to_string())?;
-        ids.extend(tagged.into_iter().map(|s| s.snapshot_id));
+        let ids = self.snapshots_created(&aws).await?;
         let deadline = Instant::now() + Duration::from_secs(300);
         for id in &ids {
             retry_throttled(deadline, self.ctx.settings.throttle_backoff_max, &self.ctx.metrics, "DeleteSnapshot", || aws.snapshots.delete_snapshot(id))

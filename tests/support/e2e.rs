@@ -207,7 +207,12 @@ pub struct PdState {
 pub async fn settled_pd_state(stack: &Stack) -> PdState {
     eventually("PD to have no paused schedulers left by earlier tests", Duration::from_secs(120), || async {
         let state = pd_state(stack).await;
-        (state.paused.is_empty() && !state.safepoints.iter().any(|s| s.starts_with("tidb-ebs-backup-"))).then_some(state)
+        if !state.paused.is_empty() || state.safepoints.iter().any(|s| s.starts_with("tidb-ebs-backup-")) {
+            return None;
+        }
+        // A young PD is still creating its default schedulers: wait until the set holds still.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        (pd_state(stack).await.schedulers == state.schedulers).then_some(state)
     })
     .await
 }

@@ -83,9 +83,15 @@ async fn the_chart_identity_is_enough_to_run_a_backup() {
     scene.apply(&scene.backup_yaml("as-chart", json!({"cleanPolicy": "Delete", "s3": {"secretName": "keys"}}), json!({}))).await;
     let done = scene.wait_phase("as-chart", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(90)).await;
     assert_eq!(done.phase(), Some(&ConditionType::Complete), "{:#?}", done.status);
-    let metrics = http().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("tidb_ebs_backup_backups_finished_total{result=\"complete\"} 1"), "{metrics}");
+    // The operator counts a finished backup right after the status patch that shows it, so poll.
+    let metrics_url = format!("{base}/metrics");
+    let metrics = eventually("/metrics to count the finished backup", Duration::from_secs(10), || async {
+        let text = http().get(&metrics_url).send().await.ok()?.text().await.ok()?;
+        text.contains("tidb_ebs_backup_backups_finished_total{result=\"complete\"} 1").then_some(text)
+    })
+    .await;
     assert!(metrics.contains("tidb_ebs_backup_pause_window_seconds_count 1"), "{metrics}");
+    assert!(metrics.contains("tidb_ebs_backup_backup_duration_seconds_count 1"), "{metrics}");
 
     // Deletion under the chart identity too: the finalizer is released and the data removed.
     let out = stack.kubectl(["delete", "bk", "as-chart", "-n", &scene.namespace, "--timeout=60s"]).await;

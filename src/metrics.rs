@@ -41,6 +41,7 @@ pub struct Metrics {
     registry: Registry,
     phases: Family<PhaseLabel, Counter>,
     results: Family<ResultLabel, Counter>,
+    cleanups: Family<ResultLabel, Counter>,
     backup_duration: Histogram,
     pause_window: Histogram,
     snapshots_started: Counter,
@@ -54,6 +55,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("tidb_ebs_backup");
         let phases = Family::<PhaseLabel, Counter>::default();
         let results = Family::<ResultLabel, Counter>::default();
+        let cleanups = Family::<ResultLabel, Counter>::default();
         let backup_duration = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         let pause_window = Histogram::new(exponential_buckets(0.25, 2.0, 12));
         let snapshots_started = Counter::default();
@@ -61,6 +63,7 @@ impl Default for Metrics {
         let reconcile_errors = Family::<ReasonLabel, Counter>::default();
         registry.register("backup_phase_transitions", "Backups entering each phase", phases.clone());
         registry.register("backups_finished", "Backups finished, by result", results.clone());
+        registry.register("cleanups", "Deleted Backups by what happened to their data (cleaned, retained, nothing, released, failed attempts)", cleanups.clone());
         registry.register("backup_duration_seconds", "Time from start to Complete", backup_duration.clone());
         registry.register("pause_window_seconds", "Time PD scheduling and GC stayed paused", pause_window.clone());
         registry.register("snapshots_started", "EBS snapshots started", snapshots_started.clone());
@@ -70,6 +73,7 @@ impl Default for Metrics {
             registry,
             phases,
             results,
+            cleanups,
             backup_duration,
             pause_window,
             snapshots_started,
@@ -94,6 +98,11 @@ impl Metrics {
         if let Some(seconds) = seconds {
             self.backup_duration.observe(seconds);
         }
+    }
+
+    /// `result`: cleaned | retained | nothing | released | failed (one per failed attempt).
+    pub fn cleanup(&self, result: &str) {
+        self.cleanups.get_or_create(&ResultLabel { result: result.into() }).inc();
     }
 
     pub fn pause_window(&self, seconds: f64) {

@@ -1,12 +1,13 @@
 //! Deleting Backups: what `spec.cleanPolicy` keeps and removes, deletion of a running backup, clean-up
-//! without `backupmeta`, DeleteSnapshot throttling and rate, and a namespace whose Secret is gone.
+//! without `backupmeta`, DeleteSnapshot throttling and rate, a namespace whose Secret is gone, deleting the
+//! whole namespace (the stack's namespace controller cascades), and a clean-up released by the user.
 
 mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
 use support::e2e::{Operator, Scene, pd_exclusive, pd_state, settings, settled_pd_state};
 use support::{describe_output, eventually};
@@ -19,6 +20,17 @@ async fn delete_and_wait_gone(scene: &Scene, name: &str) {
         matches!(api.get_opt(name).await, Ok(None)).then_some(())
     })
     .await;
+}
+
+/// Metrics are counted just after the write that ends a clean-up, so they may trail what the test saw.
+async fn expect_metric(operator: &Operator, line: &str) {
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while !operator.metrics.encode().contains(line) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "`{line}` in {}", operator.metrics.encode());
 }
 
 /// (snapshots left, backupmeta left) after deleting `name`.
@@ -170,3 +182,79 @@ async fn a_backup_whose_secret_is_gone_is_cleaned_with_the_operators_identity() 
     operator.stop().await;
 }
 
+
+#[tokio::test]
+async fn deleting_the_namespace_cleans_its_delete_policy_backup_and_finishes() {
+    let _pd = pd_exclusive().await;
+    let scene = Scene::new("clean-ns", 2, 1).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
+    let backup = run_to_end(&scene, "in-ns", "Delete", false).await;
+    let uid = backup.metadata.uid.clone().unwrap();
+    assert!(!scene.snapshots_tagged(&uid).await.is_empty());
+
+    let namespaces: Api<Namespace> = Api::all(scene.client.clone());
+    namespaces.delete(&scene.namespace, &DeleteParams::default()).await.expect("delete namespace");
+    let pods: Api<Pod> = Api::namespaced(scene.client.clone(), &scene.namespace);
+    let force = DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() };
+    eventually("the namespace to be gone", Duration::from_secs(240), || async {
+        // There is no kubelet: finish the pods' graceful deletion as it would.
+        for pod in pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+            if pod.metadata.deletion_timestamp.is_some() {
+                let _ = pods.delete(pod.metadata.name.as_deref().unwrap(), &force).await;
+            }
+        }
+        matches!(namespaces.get_opt(&scene.namespace).await, Ok(None)).then_some(())
+    })
+    .await;
+    assert_eq!(leftovers(&scene, "in-ns", &uid).await, (0, false), "the Delete policy held through namespace deletion");
+    expect_metric(&operator, "tidb_ebs_backup_cleanups_total{result=\"cleaned\"} 1").await;
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn a_clean_up_that_cannot_succeed_waits_for_the_user_and_releases_on_the_annotation() {
+    let _pd = pd_exclusive().await;
+    let scene = Scene::new("clean-stuck", 2, 1).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let emulator = scene.stack.emulator();
+    emulator.clear_faults().await;
+    let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
+    let backup = run_to_end(&scene, "stuck", "Delete", false).await;
+    let uid = backup.metadata.uid.clone().unwrap();
+    let snapshots = scene.snapshots_tagged(&uid).await.len();
+
+    // Every identity is refused DeleteSnapshot: the clean-up cannot finish on its own.
+    let fault = emulator
+        .add_fault(json!({"action": "DeleteSnapshot", "status": 403, "code": "UnauthorizedOperation",
+            "message": "You are not authorized to perform this operation.", "times": -1}))
+        .await;
+    let api: Api<Backup> = scene.api();
+    api.delete("stuck", &DeleteParams::default()).await.expect("delete Backup");
+    let waiting = eventually("CleanFailed naming the way out", Duration::from_secs(60), || async {
+        let backup = api.get_opt("stuck").await.ok()??;
+        let condition = backup.status.as_ref()?.conditions.iter().find(|c| c.type_ == ConditionType::CleanFailed)?.clone();
+        condition.message.as_deref()?.contains("tidb-ebs-backup/release-without-cleanup=true").then_some(condition)
+    })
+    .await;
+    assert!(waiting.message.as_deref().unwrap().contains("UnauthorizedOperation"), "{waiting:#?}");
+    // Still there some seconds later: it waits for the cause to clear or for the user, never a silent leak.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = api.get_opt("stuck").await.unwrap().expect("the finalizer holds the Backup while clean-up fails");
+    assert!(held.metadata.finalizers.iter().flatten().any(|f| f == BACKUP_PROTECTION_FINALIZER));
+
+    let out = scene.stack.kubectl(["annotate", "bk", "stuck", "-n", &scene.namespace, "tidb-ebs-backup/release-without-cleanup=true"]).await;
+    assert!(out.status.success(), "{}", describe_output(&out));
+    eventually("Backup released", Duration::from_secs(30), || async { matches!(api.get_opt("stuck").await, Ok(None)).then_some(()) }).await;
+    if let Some(id) = fault["id"].as_u64() {
+        emulator.remove_fault(id).await;
+    }
+    assert_eq!(leftovers(&scene, "stuck", &uid).await, (snapshots, true), "released on request, data kept");
+    expect_metric(&operator, "tidb_ebs_backup_cleanups_total{result=\"released\"} 1").await;
+    expect_metric(&operator, "tidb_ebs_backup_cleanups_total{result=\"failed\"}").await;
+    let events = scene.stack.kubectl(["get", "events", "-n", &scene.namespace, "--field-selector", "involvedObject.name=stuck", "-o", "json"]).await;
+    let events: Value = serde_json::from_slice(&events.stdout).unwrap();
+    let notes: Vec<&str> = events["items"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
+    assert!(notes.iter().any(|m| m.contains("released without clean-up") && m.contains(&uid)), "an Event tells where the leftover snapshots are: {notes:#?}");
+    operator.stop().await;
+}

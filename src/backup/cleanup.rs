@@ -64,6 +64,7 @@ impl Reconcile<'_> {
         self.ctx.keepers.stop(&self.uid());
         if !must_clean(&self.backup) {
             self.set_finalizer(false).await?;
+            self.ctx.metrics.cleanup("retained");
             return Ok(None);
         }
         match self.clean().await? {
@@ -77,6 +78,7 @@ impl Reconcile<'_> {
             // Nothing was ever written or created.
             self.condition(NewCondition::truthy(ConditionType::Clean).because("NothingToClean", "the backup created no data")).await?;
             self.set_finalizer(false).await?;
+            self.ctx.metrics.cleanup("nothing");
             return Ok(Outcome::Stop);
         }
         self.condition(
@@ -92,8 +94,11 @@ impl Reconcile<'_> {
         match self.delete_data(&aws).await {
             Ok(count) => {
                 let message = format!("deleted {count} snapshots and the backupmeta under {}", aws.meta.location());
+                // Logged too: in a namespace being deleted the Event cannot be created.
+                tracing::info!(%message, "clean-up done");
                 self.condition(NewCondition::truthy(ConditionType::Clean).because("Cleaned", message)).await?;
                 self.set_finalizer(false).await?;
+                self.ctx.metrics.cleanup("cleaned");
                 Ok(Outcome::Stop)
             }
             Err(message) => self.clean_failed("CleanBackupDataFailed", message).await,
@@ -145,10 +150,15 @@ impl Reconcile<'_> {
     async fn clean_failed(&mut self, reason: &str, message: String) -> Result<Outcome> {
         if self.backup.annotations().get(FORCE_RELEASE_ANNOTATION).is_some_and(|v| v == "true") {
             let note = format!("released without clean-up as {FORCE_RELEASE_ANNOTATION} asks; check for leftover snapshots tagged {TAG_BACKUP_UID}={}: {message}", self.uid());
-            self.condition(NewCondition::truthy(ConditionType::CleanFailed).because(reason, note)).await?;
+            self.condition(NewCondition::truthy(ConditionType::CleanFailed).because(reason, note.clone())).await?;
+            // The phase may already be CleanFailed, so the phase Event would not fire: say it explicitly.
+            self.publish(true, "ReleasedWithoutCleanup", &note, "Clean").await;
+            tracing::warn!(%note, "released without clean-up");
             self.set_finalizer(false).await?;
+            self.ctx.metrics.cleanup("released");
             return Ok(Outcome::Stop);
         }
+        self.ctx.metrics.cleanup("failed");
         let message = format!("{message}; retrying (set annotation {FORCE_RELEASE_ANNOTATION}=true to give up and keep the data)");
         self.condition(NewCondition::truthy(ConditionType::CleanFailed).because(reason, message)).await?;
         Ok(Outcome::Requeue(Duration::from_secs(15)))

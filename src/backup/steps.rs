@@ -141,11 +141,16 @@ impl<'a> Reconcile<'a> {
         let warning = matches!(phase, ConditionType::Failed | ConditionType::Invalid | ConditionType::CleanFailed);
         let reason = condition.and_then(|c| c.reason.clone()).unwrap_or_else(|| format!("{phase:?}"));
         let note = condition.and_then(|c| c.message.clone()).unwrap_or_else(|| format!("Backup is {phase:?}"));
+        self.publish(warning, &reason, &note, &format!("{phase:?}")).await;
+    }
+
+    /// An Event on this Backup; failing to publish one is logged, never fatal.
+    pub(super) async fn publish(&self, warning: bool, reason: &str, note: &str, action: &str) {
         let event = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: truncate(&reason, 128),
-            note: Some(truncate(&note, 1024)),
-            action: format!("{phase:?}"),
+            reason: truncate(reason, 128),
+            note: Some(truncate(note, 1024)),
+            action: action.to_string(),
             secondary: None,
         };
         if let Err(e) = self.ctx.recorder.publish(&event, &self.backup.object_ref(&())).await {

@@ -40,11 +40,15 @@ impl Operator {
 
     /// An operator acting only on Backups matching `selector`.
     pub async fn start_selected(stack: &Stack, namespace: &str, settings: Settings, selector: Option<&str>) -> Operator {
+        Self::start_as(stack, stack.kube_client().await, namespace, settings, selector).await
+    }
+
+    /// An operator whose Kubernetes identity is `client`'s (e.g. a ServiceAccount token).
+    pub async fn start_as(stack: &Stack, client: kube::Client, namespace: &str, settings: Settings, selector: Option<&str>) -> Operator {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
             .try_init();
-        let client = stack.kube_client().await;
         let connectors = Arc::new(RealConnectors::new(AwsSettings { base: stack.aws_config().await }));
         let metrics = Arc::new(Metrics::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -148,8 +148,7 @@ impl Stack {
     }
 
     /// Creates a namespace `<prefix>-<8 hex>` (label `tidb-ebs-backup.test/prefix=<prefix>`) and returns its
-    /// name. Namespaces are not deleted: there is no namespace controller to finalize them, and the stack
-    /// is thrown away after the run.
+    /// name. Tests leave their namespaces; the stack is thrown away after the run.
     pub async fn unique_namespace(&self, prefix: &str) -> String {
         let client = self.kube_client().await;
         create_unique_namespace(&client, prefix).await

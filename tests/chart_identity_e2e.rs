@@ -4,16 +4,13 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::e2e::{Scene, pd_exclusive};
+use support::e2e::{Scene, pd_exclusive, spawn_operator_binary};
 use support::{describe_output, eventually, free_port, http};
 use tidb_ebs_backup::api::ConditionType;
 
@@ -36,19 +33,8 @@ async fn the_chart_identity_is_enough_to_run_a_backup() {
     assert!(out.status.success(), "helm install: {}", describe_output(&out));
 
     // A token for the chart's ServiceAccount, as the kubelet would mount it.
-    let accounts: Api<ServiceAccount> = Api::namespaced(scene.client.clone(), &operator_ns);
-    let request = TokenRequest { spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), ..Default::default() }, ..Default::default() };
-    let token = accounts.create_token_request(&fullname, &PostParams::default(), &request).await.unwrap().status.unwrap().token;
-    let kubeconfig = stack.workdir.join(format!("{release}.kubeconfig"));
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: sa}}\ncurrent-context: c\n",
-            stack.kube_apiserver,
-            stack.kube_pki.join("ca.crt").display()
-        ),
-    )
-    .unwrap();
+    let token = stack.service_account_token(&operator_ns, &fullname).await;
+    let (kubeconfig, _) = stack.token_kubeconfig(&release, &token).await;
 
     // Someone else holds the Lease for a few seconds: until then this replica must not report ready.
     let leases: Api<Lease> = Api::namespaced(scene.client.clone(), &operator_ns);
@@ -58,20 +44,10 @@ async fn the_chart_identity_is_enough_to_run_a_backup() {
     leases.create(&PostParams::default(), &lease).await.unwrap();
 
     let port = free_port();
-    let log = std::fs::File::create(stack.workdir.join(format!("{release}.log"))).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidb-ebs-backup"))
-        .args(["--namespace", &scene.namespace, "--lease-namespace", &operator_ns, "--lease-name", &fullname, "--identity", "chart-sa"])
-        .args(["--pd-url-template", &stack.pd_url, "--poll-interval-seconds", "1", "--metrics-addr", &format!("127.0.0.1:{port}")])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("AWS_ENDPOINT_URL", &stack.aws_endpoint_url)
-        .env("AWS_ACCESS_KEY_ID", &stack.aws_access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &stack.aws_secret_access_key)
-        .env("AWS_REGION", &stack.aws_region)
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let args = ["--namespace", &scene.namespace, "--lease-namespace", &operator_ns, "--lease-name", &fullname, "--identity", "chart-sa"];
+    let more = ["--pd-url-template", &stack.pd_url, "--poll-interval-seconds", "1", "--metrics-addr", &metrics_addr];
+    let mut child = spawn_operator_binary(stack, &kubeconfig, &release, &[&args[..], &more[..]].concat());
     let base = format!("http://127.0.0.1:{port}");
     eventually("/healthz", Duration::from_secs(30), || async { (status_of(&format!("{base}/healthz")).await == Some(200)).then_some(()) }).await;
     assert_eq!(status_of(&format!("{base}/readyz")).await, Some(503), "not ready while another replica holds the Lease");

@@ -3,35 +3,21 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::json;
-use support::e2e::{Scene, assert_pd_unchanged, pd_exclusive, pd_state, settled_pd_state};
+use support::e2e::{Scene, assert_pd_unchanged, pd_exclusive, pd_state, settled_pd_state, spawn_operator_binary};
 use support::{Stack, eventually};
 use tidb_ebs_backup::api::ConditionType;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 fn spawn_operator(stack: &Stack, namespace: &str, identity: &str) -> Child {
-    let log = std::fs::File::create(stack.workdir.join(format!("{namespace}-{identity}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_tidb-ebs-backup"))
-        .args(["--namespace", namespace, "--lease-namespace", namespace, "--identity", identity])
-        .args(["--pd-url-template", &stack.pd_url, "--lease-duration-seconds", "6", "--poll-interval-seconds", "1"])
-        .args(["--pause-ttl-seconds", "30", "--metrics-addr", "127.0.0.1:0"])
-        .env("KUBECONFIG", &stack.kubeconfig)
-        .env("AWS_ENDPOINT_URL", &stack.aws_endpoint_url)
-        .env("AWS_ACCESS_KEY_ID", &stack.aws_access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &stack.aws_secret_access_key)
-        .env("AWS_REGION", &stack.aws_region)
-        .env("LOG_LEVEL", "info")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the operator binary")
+    let args = ["--namespace", namespace, "--lease-namespace", namespace, "--identity", identity, "--pd-url-template", &stack.pd_url];
+    let timing = ["--lease-duration-seconds", "6", "--poll-interval-seconds", "1", "--pause-ttl-seconds", "30", "--metrics-addr", "127.0.0.1:0"];
+    spawn_operator_binary(stack, &stack.kubeconfig, &format!("{namespace}-{identity}"), &[&args[..], &timing[..]].concat())
 }
 
 async fn holder(leases: &Api<Lease>) -> Option<String> {

@@ -261,7 +261,13 @@ impl<'a> Reconcile<'a> {
             self.condition(NewCondition::truthy(ConditionType::Scheduled).because("WaitingForOtherBackup", message)).await?;
             return Ok(Outcome::Requeue(Duration::from_secs(10)));
         }
-        match self.plan().await? {
+        // Nothing is touched yet, so a refusal from the Kubernetes API (e.g. a permission the operator's
+        // role lacks) fails the backup with the API's own words rather than retrying in silence.
+        let planned = match self.plan().await {
+            Err(super::Error::Kube(e)) if !crate::k8s::is_transient(&e) => Err(failure("KubernetesAPIFailed", format!("preflight: {e}"))),
+            other => other?,
+        };
+        match planned {
             Ok((plan, aws)) => {
                 let location = aws.meta.location();
                 self.save(|status, record, now| {

@@ -2,6 +2,8 @@
 //! namespace and bucket, and PD's state for before/after comparisons.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,6 +79,27 @@ impl Operator {
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
     }
+}
+
+/// The operator binary as a Deployment would run it: `kubeconfig`'s identity, the stack's AWS endpoint and
+/// credentials (its "own" identity), output in `WORKDIR/<log_name>.log`; killed when dropped.
+pub fn spawn_operator_binary(stack: &Stack, kubeconfig: &Path, log_name: &str, args: &[&str]) -> tokio::process::Child {
+    let log = std::fs::File::create(stack.workdir.join(format!("{log_name}.log"))).expect("operator log file");
+    // Set by cargo for integration tests only (examples share this module).
+    let binary = option_env!("CARGO_BIN_EXE_tidb-ebs-backup").expect("the operator binary is known to integration tests");
+    tokio::process::Command::new(binary)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("AWS_ENDPOINT_URL", &stack.aws_endpoint_url)
+        .env("AWS_ACCESS_KEY_ID", &stack.aws_access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &stack.aws_secret_access_key)
+        .env("AWS_REGION", &stack.aws_region)
+        .env("LOG_LEVEL", "info")
+        .stdout(Stdio::from(log.try_clone().expect("log file")))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the operator binary")
 }
 
 pub fn settings(stack: &Stack) -> Settings {

@@ -131,6 +131,30 @@ impl Stack {
         kube::Client::try_from(config).expect("kube client from the harness kubeconfig")
     }
 
+    /// A kubeconfig at `WORKDIR/<name>.kubeconfig` that authenticates with `token`, as a pod's mounted
+    /// ServiceAccount token would, and a client that uses it.
+    pub async fn token_kubeconfig(&self, name: &str, token: &str) -> (PathBuf, kube::Client) {
+        let path = self.workdir.join(format!("{name}.kubeconfig"));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: sa}}\ncurrent-context: c\n",
+            self.kube_apiserver,
+            self.kube_pki.join("ca.crt").display()
+        );
+        std::fs::write(&path, &text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        let kubeconfig = Kubeconfig::from_yaml(&text).expect("token kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("token kubeconfig");
+        (path, kube::Client::try_from(config).expect("kube client from a token"))
+    }
+
+    /// A token for a ServiceAccount (TokenRequest, one hour), as the kubelet would mount it.
+    pub async fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(self.kube_client().await, namespace);
+        let request = TokenRequest { spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), ..Default::default() }, ..Default::default() };
+        let status = accounts.create_token_request(name, &PostParams::default(), &request).await.expect("TokenRequest").status;
+        status.expect("TokenRequest status").token
+    }
+
     pub fn ca_pem(&self) -> Vec<u8> {
         let path = self.kube_pki.join("ca.crt");
         std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))

@@ -1,0 +1,252 @@
+//! Every rule the Helm chart grants is needed. For each rule of the rendered ClusterRole and
+//! leader-election Role, an operator running as a ServiceAccount bound to the chart's rules minus that one
+//! rule breaks where the rule's comment says it is used; with all the rules the same Backups work
+//! (controls). `backups/status` is the one rule that is idle here: it serves only a Backup CRD with a
+//! status subresource, which the stack's (TiDB Operator's) CRD does not have — asserted, not assumed.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+use support::e2e::{Operator, Scene, pd_exclusive, settings, spawn_operator_binary};
+use support::{Stack, describe_output, eventually, free_port, http};
+use tidb_ebs_backup::api::{Backup, ConditionType};
+
+const RELEASE: &str = "r";
+const LEASE: &str = "r-tidb-ebs-backup";
+
+/// The chart's ClusterRole and leader-election Role rules, with every optional feature on.
+async fn chart_rules(stack: &Stack) -> (Vec<PolicyRule>, Vec<PolicyRule>) {
+    let out = stack.helm(["template", RELEASE, "manifests/tidb-ebs-backup", "--set", "irsaPerBackup.enabled=true"]).await;
+    assert!(out.status.success(), "helm template: {}", describe_output(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut cluster = None;
+    let mut lease = None;
+    for document in serde_norway::Deserializer::from_str(&text) {
+        let Ok(value) = <Value as serde::Deserialize>::deserialize(document) else { continue };
+        match value["kind"].as_str() {
+            Some("ClusterRole") => cluster = Some(serde_json::from_value::<ClusterRole>(value).unwrap().rules.unwrap_or_default()),
+            Some("Role") => lease = Some(serde_json::from_value::<Role>(value).unwrap().rules.unwrap_or_default()),
+            _ => {}
+        }
+    }
+    (cluster.expect("a ClusterRole in the chart"), lease.expect("a leader-election Role in the chart"))
+}
+
+fn rule_key(rule: &PolicyRule) -> String {
+    let resources = rule.resources.clone().unwrap_or_default().join(",");
+    match &rule.resource_names {
+        Some(names) if !names.is_empty() => format!("{resources}[{}]:{}", names.join(","), rule.verbs.join(",")),
+        _ => format!("{resources}:{}", rule.verbs.join(",")),
+    }
+}
+
+fn without(rules: &[PolicyRule], key: &str) -> Vec<PolicyRule> {
+    let kept: Vec<PolicyRule> = rules.iter().filter(|r| rule_key(r) != key).cloned().collect();
+    assert_eq!(kept.len() + 1, rules.len(), "exactly one rule `{key}` in {:?}", rules.iter().map(rule_key).collect::<Vec<_>>());
+    kept
+}
+
+/// A ServiceAccount in `operator_ns` bound to exactly these rules; returns its kubeconfig path and client.
+async fn identity(scene: &Scene, operator_ns: &str, name: &str, cluster_rules: Vec<PolicyRule>, lease_rules: Vec<PolicyRule>) -> (std::path::PathBuf, kube::Client) {
+    let admin = scene.client.clone();
+    let pp = PostParams::default();
+    let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    Api::<ServiceAccount>::namespaced(admin.clone(), operator_ns).create(&pp, &account).await.unwrap();
+    let subject = json!([{"kind": "ServiceAccount", "name": name, "namespace": operator_ns}]);
+    let global = format!("{operator_ns}-{name}");
+    let probe = cluster_rules.first().or(lease_rules.first()).cloned().expect("some rule");
+    let role: ClusterRole = serde_json::from_value(json!({"metadata": {"name": global}, "rules": cluster_rules})).unwrap();
+    Api::<ClusterRole>::all(admin.clone()).create(&pp, &role).await.unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({"metadata": {"name": global},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": global}, "subjects": subject}))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone()).create(&pp, &binding).await.unwrap();
+    if !lease_rules.is_empty() {
+        let role: Role = serde_json::from_value(json!({"metadata": {"name": name}, "rules": lease_rules})).unwrap();
+        Api::<Role>::namespaced(admin.clone(), operator_ns).create(&pp, &role).await.unwrap();
+        let binding: RoleBinding = serde_json::from_value(json!({"metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}, "subjects": subject}))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(admin, operator_ns).create(&pp, &binding).await.unwrap();
+    }
+    let token = scene.stack.service_account_token(operator_ns, name).await;
+    let (path, client) = scene.stack.token_kubeconfig(&global, &token).await;
+    // The authorizer learns new roles and bindings from a watch: wait until the grant is in effect.
+    let attributes = ResourceAttributes {
+        verb: probe.verbs.first().cloned(),
+        group: probe.api_groups.as_ref().and_then(|g| g.first().cloned()),
+        resource: probe.resources.as_ref().and_then(|r| r.first().cloned()),
+        name: probe.resource_names.as_ref().and_then(|n| n.first().cloned()),
+        namespace: Some(operator_ns.to_string()),
+        ..Default::default()
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec { resource_attributes: Some(attributes), ..Default::default() },
+        ..Default::default()
+    };
+    eventually(&format!("{name}'s RBAC to take effect"), Duration::from_secs(10), || async {
+        let reply = Api::<SelfSubjectAccessReview>::all(client.clone()).create(&pp, &review).await.ok()?;
+        reply.status.is_some_and(|s| s.allowed).then_some(())
+    })
+    .await;
+    (path, client)
+}
+
+fn labelled(mut backup: Value, case: &str) -> Value {
+    backup["metadata"]["labels"] = json!({"rbac-case": case});
+    backup
+}
+
+async fn events_about(scene: &Scene, name: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(scene.client.clone(), &scene.namespace);
+    let list = events.list(&ListParams::default()).await.unwrap();
+    list.items.into_iter().filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)).filter_map(|e| e.note).collect()
+}
+
+fn failed_message(backup: &Backup) -> String {
+    let status = backup.status.as_ref().expect("status");
+    let failed = status.conditions.iter().find(|c| c.type_ == ConditionType::Failed);
+    failed.and_then(|c| c.message.clone()).unwrap_or_else(|| panic!("no Failed condition: {:#?}", status.conditions))
+}
+
+/// What a Backup run by a reduced identity must show.
+enum Expect {
+    /// No status, no finalizer: the operator cannot see or write Backups at all.
+    Untouched,
+    /// Failed in preflight (before PD is paused) with a message naming the refused call.
+    FailsNaming(&'static str),
+    /// Failed for its own reason, but no Event tells anyone.
+    FailsSilently,
+    /// Behaves as with every rule.
+    Unaffected,
+}
+
+#[tokio::test]
+async fn each_chart_rule_is_needed_by_the_operator() {
+    // The controls run real backups, and a rule removal that broke nothing would too.
+    let _pd = pd_exclusive().await;
+    let scene = Scene::new("rbac-rules", 2, 1).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(scene.client.clone(), &scene.namespace);
+    let irsa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "tidb-backup-manager",
+        "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/tidb-backup-irsa"}}}))
+    .unwrap();
+    accounts.create(&PostParams::default(), &irsa).await.unwrap();
+    let operator_ns = scene.stack.unique_namespace("rbac-op").await;
+    let (cluster_rules, _) = chart_rules(scene.stack).await;
+
+    let with_secret = json!({"cleanPolicy": "Delete", "s3": {"secretName": "keys"}});
+    let with_irsa = json!({"cleanPolicy": "Delete", "serviceAccount": "tidb-backup-manager"});
+    let missing_secret = json!({"s3": {"secretName": "missing"}});
+    // (case, rule removed, Backup spec, expectation). `None` = every rule (a control).
+    let cases: Vec<(&str, Option<&str>, &Value, Expect)> = vec![
+        ("all-secret", None, &with_secret, Expect::Unaffected),
+        ("all-irsa", None, &with_irsa, Expect::Unaffected),
+        ("all-failing", None, &missing_secret, Expect::Unaffected),
+        ("minus-backups", Some("backups:get,list,watch,patch"), &with_secret, Expect::Untouched),
+        ("minus-backups-status", Some("backups/status:patch"), &missing_secret, Expect::Unaffected),
+        ("minus-tidbclusters", Some("tidbclusters:get"), &with_secret, Expect::FailsNaming("tidbclusters")),
+        ("minus-volumes", Some("pods,persistentvolumeclaims,persistentvolumes:list"), &with_secret, Expect::FailsNaming("forbidden")),
+        ("minus-secrets", Some("secrets:get"), &with_secret, Expect::FailsNaming("secrets")),
+        ("minus-serviceaccounts", Some("serviceaccounts:get"), &with_irsa, Expect::FailsNaming("serviceaccounts")),
+        ("minus-token", Some("serviceaccounts/token:create"), &with_irsa, Expect::FailsNaming("token")),
+        ("minus-events", Some("events:create,patch"), &missing_secret, Expect::FailsSilently),
+    ];
+    let covered: std::collections::BTreeSet<&str> = cases.iter().filter_map(|c| c.1).collect();
+    let granted: std::collections::BTreeSet<String> = cluster_rules.iter().map(rule_key).collect();
+    assert_eq!(granted, covered.iter().map(|k| k.to_string()).collect(), "every ClusterRole rule has a case here");
+
+    for (case, removed, spec, expect) in cases {
+        let rules = removed.map(|key| without(&cluster_rules, key)).unwrap_or_else(|| cluster_rules.clone());
+        let (_, client) = identity(&scene, &operator_ns, case, rules, vec![]).await;
+        let operator = Operator::start_as(scene.stack, client, &scene.namespace, settings(scene.stack), Some(&format!("rbac-case={case}"))).await;
+        scene.apply(&labelled(scene.backup_yaml(case, spec.clone(), json!({})), case)).await;
+        match expect {
+            Expect::Untouched => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let backup = scene.api().get(case).await.unwrap();
+                assert!(backup.status.is_none() && backup.metadata.finalizers.is_none(), "{case}: {backup:#?}");
+            }
+            Expect::FailsNaming(what) => {
+                let backup = scene.wait_phase(case, &[ConditionType::Failed, ConditionType::Complete], Duration::from_secs(60)).await;
+                let message = failed_message(&backup);
+                assert!(message.contains("forbidden") && message.contains(what), "{case}: {message}");
+                assert!(scene.snapshots_tagged(backup.metadata.uid.as_deref().unwrap()).await.is_empty(), "{case}: no snapshots");
+            }
+            Expect::FailsSilently => {
+                let backup = scene.wait_phase(case, &[ConditionType::Failed, ConditionType::Complete], Duration::from_secs(60)).await;
+                assert!(failed_message(&backup).contains("missing"), "{case}");
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                assert_eq!(events_about(&scene, case).await, Vec::<String>::new(), "{case}: no Event can be posted");
+            }
+            Expect::Unaffected => {
+                let backup = scene.wait_phase(case, &[ConditionType::Failed, ConditionType::Complete], Duration::from_secs(90)).await;
+                if spec == &missing_secret {
+                    assert!(failed_message(&backup).contains("missing"), "{case}");
+                    let events = eventually(&format!("{case}: an Event"), Duration::from_secs(10), || async {
+                        Some(events_about(&scene, case).await).filter(|e| !e.is_empty())
+                    })
+                    .await;
+                    assert!(events.iter().any(|e| e.contains("missing")), "{case}: {events:?}");
+                } else {
+                    assert_eq!(backup.phase(), Some(&ConditionType::Complete), "{case}: {:#?}", backup.status);
+                    // The Delete policy's clean-up needs the same rules.
+                    let api = scene.api();
+                    api.delete(case, &Default::default()).await.unwrap();
+                    eventually(&format!("{case} deleted"), Duration::from_secs(60), || async { matches!(api.get_opt(case).await, Ok(None)).then_some(()) })
+                        .await;
+                }
+            }
+        }
+        operator.stop().await;
+    }
+}
+
+/// The leader-election Role's two rules, with the real binary: without either, the operator cannot lead;
+/// it exits naming the refusal and never acts.
+#[tokio::test]
+async fn each_leader_election_rule_is_needed() {
+    let scene = Scene::new("rbac-lease", 1, 1).await;
+    let (cluster_rules, lease_rules) = chart_rules(scene.stack).await;
+    let keys: Vec<String> = lease_rules.iter().map(rule_key).collect();
+    assert_eq!(keys, vec!["leases:create".to_string(), format!("leases[{LEASE}]:get,patch")], "the chart's leader-election rules");
+
+    for (case, removed) in [("all", None), ("minus-create", Some("leases:create".to_string())), ("minus-get-patch", Some(format!("leases[{LEASE}]:get,patch")))] {
+        let operator_ns = scene.stack.unique_namespace("rbac-lease-op").await;
+        let rules = removed.as_deref().map(|key| without(&lease_rules, key)).unwrap_or_else(|| lease_rules.clone());
+        let (kubeconfig, _) = identity(&scene, &operator_ns, case, cluster_rules.clone(), rules).await;
+        let port = free_port();
+        let metrics_addr = format!("127.0.0.1:{port}");
+        let selector = format!("rbac-case={case}");
+        let args = ["--namespace", &scene.namespace, "--lease-namespace", &operator_ns, "--lease-name", LEASE, "--identity", case];
+        let more = ["--backup-selector", &selector, "--pd-url-template", &scene.stack.pd_url, "--metrics-addr", &metrics_addr];
+        let log_name = format!("{operator_ns}-{case}");
+        let mut child = spawn_operator_binary(scene.stack, &kubeconfig, &log_name, &[&args[..], &more[..]].concat());
+        let readyz = format!("http://127.0.0.1:{port}/readyz");
+        let ready = || async { http().get(&readyz).send().await.ok().map(|r| r.status().as_u16()) };
+        // A Backup it would fail at once (its Secret does not exist), so acting is cheap to see.
+        scene.apply(&labelled(scene.backup_yaml(case, json!({"s3": {"secretName": "missing"}}), json!({})), case)).await;
+        if removed.is_none() {
+            eventually(&format!("{case}: ready"), Duration::from_secs(30), || async { (ready().await == Some(200)).then_some(()) }).await;
+            scene.wait_phase(case, &[ConditionType::Failed], Duration::from_secs(30)).await;
+        } else {
+            // Without the Lease it must not act; it exits with the refusal, so a Deployment shows CrashLoopBackOff
+            // with the reason in its log.
+            let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").unwrap();
+            assert!(!exit.success(), "{case}: {exit}");
+            let log = std::fs::read_to_string(scene.stack.workdir.join(format!("{log_name}.log"))).unwrap();
+            assert!(log.contains("forbidden") && log.contains("leases"), "{case}: {log}");
+            let backup = scene.api().get(case).await.unwrap();
+            assert!(backup.status.is_none(), "{case}: acted without the Lease: {:#?}", backup.status);
+        }
+        child.start_kill().unwrap();
+        let _ = child.wait().await;
+    }
+}

@@ -310,3 +310,45 @@ async fn pd_lost_mid_backup_fails_cleanly_and_the_pause_expires() {
     }
     operator.stop().await;
 }
+
+#[tokio::test]
+async fn sizes_count_written_blocks_and_blocks_changed_since_the_previous_backup() {
+    const BLOCK: i64 = 524_288;
+    let _pd = pd_exclusive().await;
+    let scene = Scene::new("e2e-size", 2, 1).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let emulator = scene.stack.emulator();
+    emulator.clear_faults().await;
+    let (a, b) = (scene.cluster.tikv[0].volumes[0].volume_id.clone(), scene.cluster.tikv[1].volumes[0].volume_id.clone());
+    emulator.set_volume_blocks(&a, json!({"count": 100})).await;
+    emulator.set_volume_blocks(&b, json!({"count": 40})).await;
+    let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
+    let before = settled_pd_state(scene.stack).await;
+
+    scene.apply(&scene.backup_yaml("size1", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
+    let first = assert_completed(&scene, "size1", &before).await.status.unwrap();
+    // The first backup of a volume has no previous snapshot: all its blocks are new.
+    assert_eq!((first.backup_size, first.incremental_backup_size), (Some(140 * BLOCK), Some(140 * BLOCK)), "{first:#?}");
+    assert_eq!(first.backup_size_readable.as_deref(), Some("73 MB"));
+
+    // Volume a: 10 blocks rewritten, 20 added; volume b: 3 blocks trimmed. As BR counts it, only blocks with
+    // data in the new snapshot (a SecondBlockToken) add to the incremental size: 30, not 33.
+    emulator.set_volume_blocks(&a, json!({"write": (0..10).collect::<Vec<_>>(), "write_range": [100, 120]})).await;
+    emulator.set_volume_blocks(&b, json!({"trim": [0, 1, 2]})).await;
+    emulator.clear_requests().await;
+    scene.apply(&scene.backup_yaml("size2", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
+    let second = assert_completed(&scene, "size2", &before).await.status.unwrap();
+    assert_eq!((second.backup_size, second.incremental_backup_size), (Some(157 * BLOCK), Some(30 * BLOCK)), "{second:#?}");
+    assert_eq!(second.incremental_backup_size_readable.as_deref(), Some("16 MB"));
+    let changed = emulator.requests(Some("ListChangedBlocks")).await;
+    let compared: BTreeSet<&str> = changed.iter().filter(|r| r["status"] == 200).filter_map(|r| r["path"].as_str()).collect();
+    assert_eq!(compared.len(), 2, "one comparison per volume against its previous snapshot: {changed:#?}");
+
+    // calcSizeLevel full: no incremental figure, and no EBS direct API calls for it.
+    emulator.clear_requests().await;
+    scene.apply(&scene.backup_yaml("size3", json!({"calcSizeLevel": "full", "s3": {"secretName": "keys"}}), json!({}))).await;
+    let third = scene.wait_phase("size3", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(60)).await.status.unwrap();
+    assert_eq!((third.backup_size, third.incremental_backup_size), (Some(157 * BLOCK), None), "{third:#?}");
+    assert!(emulator.requests(Some("ListChangedBlocks")).await.is_empty());
+    operator.stop().await;
+}

@@ -8,6 +8,7 @@
 pub mod e2e;
 pub mod emulator;
 pub mod fixture;
+pub mod rbac;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

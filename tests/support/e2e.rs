@@ -85,8 +85,11 @@ impl Operator {
 /// credentials (its "own" identity), output in `WORKDIR/<log_name>.log`; killed when dropped.
 pub fn spawn_operator_binary(stack: &Stack, kubeconfig: &Path, log_name: &str, args: &[&str]) -> tokio::process::Child {
     let log = std::fs::File::create(stack.workdir.join(format!("{log_name}.log"))).expect("operator log file");
-    // Set by cargo for integration tests only (examples share this module).
-    let binary = option_env!("CARGO_BIN_EXE_tidb-ebs-backup").expect("the operator binary is known to integration tests");
+    // Cargo names the binary to integration tests only; benchmarks (examples) name it in OPERATOR_BIN.
+    let binary = std::env::var("OPERATOR_BIN")
+        .ok()
+        .or(option_env!("CARGO_BIN_EXE_tidb-ebs-backup").map(String::from))
+        .expect("the operator binary: OPERATOR_BIN, or run from an integration test");
     tokio::process::Command::new(binary)
         .args(args)
         .env("KUBECONFIG", kubeconfig)

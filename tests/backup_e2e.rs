@@ -350,5 +350,16 @@ async fn sizes_count_written_blocks_and_blocks_changed_since_the_previous_backup
     let third = scene.wait_phase("size3", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(60)).await.status.unwrap();
     assert_eq!((third.backup_size, third.incremental_backup_size), (Some(157 * BLOCK), None), "{third:#?}");
     assert!(emulator.requests(Some("ListChangedBlocks")).await.is_empty());
+
+    // The incremental figure cannot be had: the backup still completes, with its full size.
+    let fault = emulator.add_fault(json!({"action": "ListChangedBlocks", "status": 500, "code": "InternalServerException", "times": -1})).await;
+    scene.apply(&scene.backup_yaml("size4", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
+    let fourth = scene.wait_phase("size4", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(90)).await;
+    if let Some(id) = fault["id"].as_u64() {
+        emulator.remove_fault(id).await;
+    }
+    assert_eq!(fourth.phase(), Some(&ConditionType::Complete), "a size failure never fails a finished backup");
+    let fourth = fourth.status.unwrap();
+    assert_eq!((fourth.backup_size, fourth.incremental_backup_size), (Some(157 * BLOCK), None), "{fourth:#?}");
     operator.stop().await;
 }

@@ -834,17 +834,20 @@ impl<'a> Reconcile<'a> {
     }
 
     async fn finish(&mut self) -> Result<Outcome> {
-        let sizes = match self.aws_clients().await {
+        let (full, incremental) = match self.aws_clients().await {
             Ok(aws) => self.sizes(&aws).await,
-            Err(f) => Err(f.message),
+            Err(f) => (Err(f.message.clone()), Err(f.message)),
         };
-        let (full, incremental) = match sizes {
-            Ok(sizes) => sizes,
-            Err(message) => {
-                tracing::warn!(%message, "size calculation failed; the backup itself is complete");
-                (None, None)
+        // A size that cannot be had is left out; it never fails a backup whose snapshots are complete.
+        let wanted = self.backup.spec.calc_size_level;
+        let usable = |asked: bool, size: std::result::Result<u64, String>, which: &str| {
+            if !asked {
+                return None;
             }
+            size.inspect_err(|message| tracing::warn!(%message, "{which} size unavailable; the backup itself is complete")).ok()
         };
+        let full = usable(wanted.full(), full, "full");
+        let incremental = usable(wanted.incremental(), incremental, "incremental");
         let started = self.backup.status.as_ref().and_then(|s| s.time_started.clone());
         // A successful OnFailure backup keeps its data: the finalizer goes before `Complete` is shown, so
         // whoever sees `Complete` also sees the finalizer as it will stay.
@@ -873,14 +876,19 @@ impl<'a> Reconcile<'a> {
         Ok(Outcome::Stop)
     }
 
-    /// Full and incremental bytes per `calcSizeLevel`; `None` where not asked for.
-    async fn sizes(&self, aws: &AwsClients) -> std::result::Result<(Option<u64>, Option<u64>), String> {
+    /// Full and incremental bytes, each on its own: the incremental figure failing keeps the full one.
+    /// Only what `calcSizeLevel` asks for is computed (the other is an `Err`).
+    async fn sizes(&self, aws: &AwsClients) -> (std::result::Result<u64, String>, std::result::Result<u64, String>) {
         let level = self.backup.spec.calc_size_level;
+        let not_asked = || Err("not asked for by calcSizeLevel".to_string());
         if !level.full() && !level.incremental() {
-            return Ok((None, None));
+            return (not_asked(), not_asked());
         }
         let ids: Vec<String> = self.record.snapshots.values().cloned().collect();
-        let described = aws.snapshots.describe_snapshots(&ids).await.map_err(|e| e.to_string())?;
+        let described = match aws.snapshots.describe_snapshots(&ids).await {
+            Ok(described) => described,
+            Err(e) => return (Err(e.to_string()), Err(e.to_string())),
+        };
         let deadline = Instant::now() + Duration::from_secs(600);
         let backoff = self.ctx.settings.throttle_backoff_max;
         let per_volume = described.into_iter().map(|snapshot| {
@@ -888,35 +896,43 @@ impl<'a> Reconcile<'a> {
             let metrics = self.ctx.metrics.clone();
             async move {
                 let full = match snapshot.full_size_bytes {
-                    Some(bytes) => bytes,
-                    None => retry_throttled(deadline, backoff, &metrics, "ListSnapshotBlocks", || snapshots.snapshot_block_bytes(&snapshot.snapshot_id)).await?,
+                    Some(bytes) => Ok(bytes),
+                    None => retry_throttled(deadline, backoff, &metrics, "ListSnapshotBlocks", || snapshots.snapshot_block_bytes(&snapshot.snapshot_id))
+                        .await
+                        .map_err(|e| e.to_string()),
                 };
                 if !level.incremental() {
-                    return Ok::<_, AwsError>((full, 0));
+                    return (full, Ok(0));
                 }
-                let history = retry_throttled(deadline, backoff, &metrics, "DescribeSnapshots", || snapshots.completed_snapshots_of_volume(&snapshot.volume_id)).await?;
-                let previous = history
-                    .iter()
-                    .position(|s| s.snapshot_id == snapshot.snapshot_id)
-                    .and_then(|p| p.checked_sub(1))
-                    .map(|p| history[p].snapshot_id.clone());
-                let incremental = match previous {
-                    Some(previous) => {
-                        retry_throttled(deadline, backoff, &metrics, "ListChangedBlocks", || snapshots.changed_block_bytes(&previous, &snapshot.snapshot_id)).await?
+                let incremental = async {
+                    let history = retry_throttled(deadline, backoff, &metrics, "DescribeSnapshots", || snapshots.completed_snapshots_of_volume(&snapshot.volume_id))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let previous = history
+                        .iter()
+                        .position(|s| s.snapshot_id == snapshot.snapshot_id)
+                        .and_then(|p| p.checked_sub(1))
+                        .map(|p| history[p].snapshot_id.clone());
+                    match previous {
+                        Some(previous) => {
+                            retry_throttled(deadline, backoff, &metrics, "ListChangedBlocks", || snapshots.changed_block_bytes(&previous, &snapshot.snapshot_id))
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                        // The first snapshot of a volume: everything in it is new.
+                        None => full.clone(),
                     }
-                    None => full,
-                };
-                Ok((full, incremental))
+                }
+                .await;
+                (full, incremental)
             }
         });
-        let results: Vec<_> = futures::stream::iter(per_volume).buffer_unordered(self.ctx.settings.size_concurrency.max(1)).collect().await;
-        let (mut full, mut incremental) = (0u64, 0u64);
-        for result in results {
-            let (f, i) = result.map_err(|e| e.to_string())?;
-            full += f;
-            incremental += i;
-        }
-        Ok((level.full().then_some(full), level.incremental().then_some(incremental)))
+        type Bytes = std::result::Result<u64, String>;
+        let results: Vec<(Bytes, Bytes)> = futures::stream::iter(per_volume).buffer_unordered(self.ctx.settings.size_concurrency.max(1)).collect().await;
+        let total = |pick: fn(&(Bytes, Bytes)) -> &Bytes| results.iter().map(pick).try_fold(0u64, |sum, r| r.clone().map(|b| sum + b));
+        let full = if level.full() { total(|r| &r.0) } else { not_asked() };
+        let incremental = if level.incremental() { total(|r| &r.1) } else { not_asked() };
+        (full, incremental)
     }
 
     // ---- Failure --------------------------------------------------------------------------------

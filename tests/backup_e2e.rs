@@ -363,3 +363,40 @@ async fn sizes_count_written_blocks_and_blocks_changed_since_the_previous_backup
     assert_eq!((fourth.backup_size, fourth.incremental_backup_size), (Some(157 * BLOCK), None), "{fourth:#?}");
     operator.stop().await;
 }
+
+#[tokio::test]
+async fn backups_of_one_cluster_run_one_at_a_time_and_the_next_starts_when_one_ends() {
+    let _pd = pd_exclusive().await;
+    let scene = Scene::new("e2e-queue", 2, 1).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let emulator = scene.stack.emulator();
+    emulator.clear_faults().await;
+    for volume in scene.cluster.tikv_volume_ids() {
+        emulator.set_volume_snapshot_behaviour(&volume, 3.0, "completed").await;
+    }
+    let before = settled_pd_state(scene.stack).await;
+    let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
+    let api: Api<Backup> = scene.api();
+    scene.apply(&scene.backup_yaml("first", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
+    scene.wait_phase("first", &[ConditionType::VolumeBackupSnapshotsCreated], Duration::from_secs(60)).await;
+    scene.apply(&scene.backup_yaml("second", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
+    let waiting = eventually("second to wait for first", Duration::from_secs(30), || async {
+        let second = api.get("second").await.ok()?;
+        let scheduled = second.status?.conditions.into_iter().find(|c| c.type_ == ConditionType::Scheduled)?;
+        (scheduled.reason.as_deref() == Some("WaitingForOtherBackup")).then_some(scheduled)
+    })
+    .await;
+    assert!(waiting.message.as_deref().unwrap_or_default().contains("first"), "{waiting:#?}");
+
+    let first = assert_completed(&scene, "first", &before).await.status.unwrap();
+    let second = assert_completed(&scene, "second", &before).await.status.unwrap();
+    let (first_done, second_started) = (first.time_completed.unwrap().0, second.time_started.unwrap().0);
+    assert!(second_started >= first_done, "never both at once: second started {second_started}, first completed {first_done}");
+    // Woken when the first ends, not at its next poll (30 s later).
+    let gap = second_started.duration_since(first_done).as_secs_f64();
+    assert!(gap < 15.0, "second started {gap:.0}s after first ended");
+    for volume in scene.cluster.tikv_volume_ids() {
+        emulator.set_volume_snapshot_behaviour(&volume, 0.0, "completed").await;
+    }
+    operator.stop().await;
+}

@@ -259,7 +259,8 @@ impl<'a> Reconcile<'a> {
         if let Some(ahead) = self.backup_ahead() {
             let message = format!("waiting for Backup {ahead} of the same TidbCluster to finish");
             self.condition(NewCondition::truthy(ConditionType::Scheduled).because("WaitingForOtherBackup", message)).await?;
-            return Ok(Outcome::Requeue(Duration::from_secs(10)));
+            // Woken when the one ahead ends (see `waiting_behind`); the poll is only a safety net.
+            return Ok(Outcome::Requeue(Duration::from_secs(30)));
         }
         // Nothing is touched yet, so a refusal from the Kubernetes API (e.g. a permission the operator's
         // role lacks) fails the backup with the API's own words rather than retrying in silence.

@@ -5,6 +5,7 @@ pub mod context;
 pub mod keeper;
 pub mod machine;
 pub mod meta;
+pub mod queue;
 pub mod record;
 pub mod steps;
 
@@ -14,7 +15,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::Instrument;
@@ -72,23 +72,6 @@ pub fn error_policy(backup: Arc<Backup>, error: &Error, ctx: Arc<Context>) -> Ac
     }
 }
 
-/// The Backups of `changed`'s TidbCluster still waiting, when `changed` has just stopped holding the
-/// cluster (it ended or is being deleted); nothing otherwise.
-fn waiting_behind(known: &[Arc<Backup>], changed: &Backup) -> Vec<ObjectRef<Backup>> {
-    let ended = changed.phase().is_some_and(crate::api::ConditionType::is_terminal) || changed.metadata.deletion_timestamp.is_some();
-    if !ended || !changed.is_volume_snapshot() {
-        return vec![];
-    }
-    let cluster = (changed.cluster_namespace(), &changed.spec.br.cluster);
-    known
-        .iter()
-        .filter(|other| other.metadata.uid != changed.metadata.uid && other.is_volume_snapshot())
-        .filter(|other| (other.cluster_namespace(), &other.spec.br.cluster) == cluster)
-        .filter(|other| !other.phase().is_some_and(crate::api::ConditionType::is_terminal))
-        .map(|other| ObjectRef::from_obj(other.as_ref()))
-        .collect()
-}
-
 /// Runs the controller on the Backups matching `selector` (all when `None`) until `shutdown` resolves.
 pub async fn run(
     client: kube::Client,
@@ -108,10 +91,10 @@ pub async fn run(
         config = config.labels(&selector);
     }
     let controller = Controller::new(backups.clone(), config.clone());
-    // One backup at a time per TidbCluster: when one ends (or goes), the ones waiting behind it are
-    // reconciled at once instead of at their next poll.
-    let queue = controller.store();
-    let controller = controller.watches(backups, config, move |changed: Backup| waiting_behind(&queue.state(), &changed));
+    // One backup at a time per TidbCluster: when one ends (or goes), the next in line is reconciled at
+    // once instead of at its next poll.
+    let known = controller.store();
+    let controller = controller.watches(backups, config, move |changed: Backup| queue::next_in_line(&known.state(), &changed));
     let reporter = kube::runtime::events::Reporter { controller: "tidb-ebs-backup".into(), instance: settings.instance.clone() };
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -151,35 +134,3 @@ pub async fn run(
         .await;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::{BackupSpec, BackupStatus, ConditionType};
-
-    fn backup(name: &str, cluster: &str, phase: Option<ConditionType>) -> Arc<Backup> {
-        let mut spec: BackupSpec = serde_json::from_value(serde_json::json!({"backupMode": "volume-snapshot", "br": {"cluster": cluster}})).unwrap();
-        spec.br.cluster_namespace = Some("tidb".into());
-        let mut backup = Backup::new(name, spec);
-        backup.metadata.namespace = Some("tidb".into());
-        backup.metadata.uid = Some(format!("uid-{name}"));
-        backup.status = Some(BackupStatus { phase, ..Default::default() });
-        Arc::new(backup)
-    }
-
-    #[test]
-    fn an_ended_backup_wakes_only_the_waiting_backups_of_its_cluster() {
-        let known = vec![
-            backup("done", "basic", Some(ConditionType::Complete)),
-            backup("waiting", "basic", Some(ConditionType::Scheduled)),
-            backup("new", "basic", None),
-            backup("old", "basic", Some(ConditionType::Failed)),
-            backup("elsewhere", "other", Some(ConditionType::Scheduled)),
-        ];
-        let woken: Vec<String> = waiting_behind(&known, &known[0]).into_iter().map(|r| r.name).collect();
-        assert_eq!(woken, vec!["waiting", "new"]);
-        assert!(waiting_behind(&known, &known[1]).is_empty(), "a backup still running or waiting wakes nobody");
-        let mut deleted = (*backup("running", "basic", Some(ConditionType::Running))).clone();
-        deleted.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
-        assert_eq!(waiting_behind(&known, &deleted).len(), 2, "a deleted one hands over too");
-    }
-}

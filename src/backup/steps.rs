@@ -224,28 +224,6 @@ impl<'a> Reconcile<'a> {
         Ok(Outcome::Continue)
     }
 
-    /// The Backup that goes first for this TidbCluster, if not this one: the one already past
-    /// `Scheduled`, else the oldest waiting.
-    fn backup_ahead(&self) -> Option<String> {
-        let cluster = (self.backup.cluster_namespace(), self.backup.spec.br.cluster.clone());
-        let me = (self.backup.metadata.creation_timestamp.clone(), self.backup.metadata.namespace.clone(), self.name());
-        self.ctx
-            .backups
-            .state()
-            .iter()
-            .filter(|other| other.metadata.uid != self.backup.metadata.uid)
-            .filter(|other| other.metadata.deletion_timestamp.is_none() && other.is_volume_snapshot())
-            .filter(|other| other.spec.federal_volume_backup_phase.is_none())
-            .filter(|other| (other.cluster_namespace(), other.spec.br.cluster.clone()) == cluster)
-            .filter(|other| !other.phase().is_some_and(ConditionType::is_terminal))
-            .find(|other| {
-                let started = BackupRecord::of(other).is_ok_and(|r| r.plan.is_some());
-                let key = (other.metadata.creation_timestamp.clone(), other.metadata.namespace.clone(), other.name_any());
-                started || (other.phase().is_some() && key < me)
-            })
-            .map(|other| format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any()))
-    }
-
     // ---- Preflight ------------------------------------------------------------------------------
 
     async fn preflight(&mut self) -> Result<Outcome> {
@@ -256,8 +234,15 @@ impl<'a> Reconcile<'a> {
         if spec.s3.as_ref().and_then(|s3| s3.bucket_and_prefix()).is_none() {
             return self.invalid("a volume-snapshot backup needs spec.s3 with a bucket (or the legacy path)").await;
         }
-        if let Some(ahead) = self.backup_ahead() {
-            let message = format!("waiting for Backup {ahead} of the same TidbCluster to finish");
+        let known = self.ctx.backups.state();
+        if super::queue::ahead_of(&known, &self.backup).is_some() {
+            // The same words for as long as it waits: naming the Backup ahead would rewrite every waiting
+            // Backup's status at each hand-over.
+            let message = format!(
+                "waiting for the Backup ahead of it on TidbCluster {}/{} to finish (one backup at a time per cluster)",
+                self.backup.cluster_namespace(),
+                self.backup.spec.br.cluster
+            );
             self.condition(NewCondition::truthy(ConditionType::Scheduled).because("WaitingForOtherBackup", message)).await?;
             // Woken when the one ahead ends (see `waiting_behind`); the poll is only a safety net.
             return Ok(Outcome::Requeue(Duration::from_secs(30)));

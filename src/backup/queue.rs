@@ -30,10 +30,11 @@ fn queue_key(backup: &Backup) -> impl Ord {
     (backup.metadata.creation_timestamp.clone(), backup.metadata.namespace.clone(), backup.name_any())
 }
 
-/// The Backup that goes before `me`: one already started, else an older one already waiting.
-pub fn ahead_of<'a>(known: &'a [Arc<Backup>], me: &'a Backup) -> Option<&'a Arc<Backup>> {
+/// The Backups that go before `me` as this cache knows them: any already started, and older ones already
+/// waiting.
+pub fn ahead_of<'a>(known: &'a [Arc<Backup>], me: &'a Backup) -> Vec<&'a Arc<Backup>> {
     let mine = queue_key(me);
-    rivals(known, me).find(|other| started(other) || (other.phase().is_some() && queue_key(other) < mine))
+    rivals(known, me).filter(|other| started(other) || (other.phase().is_some() && queue_key(other) < mine)).collect()
 }
 
 /// Whom to wake now that `changed` has stopped holding its cluster (it ended or is being deleted): the
@@ -82,9 +83,9 @@ mod tests {
     #[test]
     fn the_older_waiting_backup_is_ahead_and_a_newer_one_is_not() {
         let known = vec![backup("a", "basic", Some(ConditionType::Scheduled), 0), backup("b", "basic", Some(ConditionType::Scheduled), 10)];
-        assert_eq!(ahead_of(&known, &known[1]).map(|b| b.name_any()), Some("a".into()));
-        assert!(ahead_of(&known, &known[0]).is_none());
+        assert_eq!(ahead_of(&known, &known[1]).iter().map(|b| b.name_any()).collect::<Vec<_>>(), vec!["a"]);
+        assert!(ahead_of(&known, &known[0]).is_empty());
         let other_cluster = backup("c", "other", Some(ConditionType::Scheduled), 20);
-        assert!(ahead_of(&known, &other_cluster).is_none());
+        assert!(ahead_of(&known, &other_cluster).is_empty());
     }
 }

@@ -224,6 +224,21 @@ impl<'a> Reconcile<'a> {
         Ok(Outcome::Continue)
     }
 
+    /// Whether another Backup holds this one's TidbCluster or is before it in line.
+    async fn backup_ahead(&self) -> Result<bool> {
+        let known = self.ctx.backups.state();
+        for candidate in super::queue::ahead_of(&known, &self.backup) {
+            // The wake-up comes from another watch than this cache, which may not have seen the candidate
+            // end yet: the API server has the last word.
+            let api: Api<Backup> = Api::namespaced(self.ctx.client.clone(), &candidate.namespace().unwrap_or_default());
+            let live = api.get_opt(&candidate.name_any()).await?;
+            if live.is_some_and(|b| b.metadata.deletion_timestamp.is_none() && !b.phase().is_some_and(ConditionType::is_terminal)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     // ---- Preflight ------------------------------------------------------------------------------
 
     async fn preflight(&mut self) -> Result<Outcome> {
@@ -234,8 +249,7 @@ impl<'a> Reconcile<'a> {
         if spec.s3.as_ref().and_then(|s3| s3.bucket_and_prefix()).is_none() {
             return self.invalid("a volume-snapshot backup needs spec.s3 with a bucket (or the legacy path)").await;
         }
-        let known = self.ctx.backups.state();
-        if super::queue::ahead_of(&known, &self.backup).is_some() {
+        if self.backup_ahead().await? {
             // The same words for as long as it waits: naming the Backup ahead would rewrite every waiting
             // Backup's status at each hand-over.
             let message = format!(
@@ -244,7 +258,7 @@ impl<'a> Reconcile<'a> {
                 self.backup.spec.br.cluster
             );
             self.condition(NewCondition::truthy(ConditionType::Scheduled).because("WaitingForOtherBackup", message)).await?;
-            // Woken when the one ahead ends (see `waiting_behind`); the poll is only a safety net.
+            // Woken when the one ahead ends (`queue::next_in_line`); the poll is only a safety net.
             return Ok(Outcome::Requeue(Duration::from_secs(30)));
         }
         // Nothing is touched yet, so a refusal from the Kubernetes API (e.g. a permission the operator's

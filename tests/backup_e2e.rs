@@ -43,11 +43,7 @@ async fn access_key_backup_completes_and_pauses_pd_only_while_snapshotting() {
         assert!(row.contains(expected), "`{expected}` in {row}");
     }
     assert!(row.split_whitespace().count() >= 13, "all wide columns filled: {row}");
-    // Counted right after the status patch that shows Complete, so it may trail the phase by a moment.
-    eventually("the finished backup in /metrics", Duration::from_secs(10), || async {
-        operator.metrics.encode().contains("tidb_ebs_backup_backups_finished_total{result=\"complete\"} 1").then_some(())
-    })
-    .await;
+    operator.wait_for_metric("tidb_ebs_backup_backups_finished_total{result=\"complete\"} 1").await;
     operator.stop().await;
     emulator.clear_faults().await;
     emulator.set_snapshot_pending_seconds(0.0).await;

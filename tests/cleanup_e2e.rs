@@ -22,17 +22,6 @@ async fn delete_and_wait_gone(scene: &Scene, name: &str) {
     .await;
 }
 
-/// Metrics are counted just after the write that ends a clean-up, so they may trail what the test saw.
-async fn expect_metric(operator: &Operator, line: &str) {
-    let found = tokio::time::timeout(Duration::from_secs(10), async {
-        while !operator.metrics.encode().contains(line) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    assert!(found.is_ok(), "`{line}` in {}", operator.metrics.encode());
-}
-
 /// (snapshots left, backupmeta left) after deleting `name`.
 async fn leftovers(scene: &Scene, name: &str, uid: &str) -> (usize, bool) {
     (scene.snapshots_tagged(uid).await.len(), scene.object(&format!("{name}/backupmeta")).await.is_some())
@@ -208,7 +197,7 @@ async fn deleting_the_namespace_cleans_its_delete_policy_backup_and_finishes() {
     })
     .await;
     assert_eq!(leftovers(&scene, "in-ns", &uid).await, (0, false), "the Delete policy held through namespace deletion");
-    expect_metric(&operator, "tidb_ebs_backup_cleanups_total{result=\"cleaned\"} 1").await;
+    operator.wait_for_metric("tidb_ebs_backup_cleanups_total{result=\"cleaned\"} 1").await;
     operator.stop().await;
 }
 
@@ -250,8 +239,8 @@ async fn a_clean_up_that_cannot_succeed_waits_for_the_user_and_releases_on_the_a
         emulator.remove_fault(id).await;
     }
     assert_eq!(leftovers(&scene, "stuck", &uid).await, (snapshots, true), "released on request, data kept");
-    expect_metric(&operator, "tidb_ebs_backup_cleanups_total{result=\"released\"} 1").await;
-    expect_metric(&operator, "tidb_ebs_backup_cleanups_total{result=\"failed\"}").await;
+    operator.wait_for_metric("tidb_ebs_backup_cleanups_total{result=\"released\"} 1").await;
+    operator.wait_for_metric("tidb_ebs_backup_cleanups_total{result=\"failed\"}").await;
     let events = scene.stack.kubectl(["get", "events", "-n", &scene.namespace, "--field-selector", "involvedObject.name=stuck", "-o", "json"]).await;
     let events: Value = serde_json::from_slice(&events.stdout).unwrap();
     let notes: Vec<&str> = events["items"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();

@@ -14,14 +14,9 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use support::e2e::{Operator, Scene, pd_exclusive, settings, spawn_operator_binary};
-use support::rbac::{LEASE, chart_rules, identity, rule_key, without};
+use support::rbac::{LEASE, case_selector, chart_rules, identity, labelled, rule_key, without};
 use support::{eventually, free_port, http};
 use tidb_ebs_backup::api::{Backup, ConditionType};
-
-fn labelled(mut backup: Value, case: &str) -> Value {
-    backup["metadata"]["labels"] = json!({"rbac-case": case});
-    backup
-}
 
 async fn events_about(scene: &Scene, name: &str) -> Vec<String> {
     let events: Api<Event> = Api::namespaced(scene.client.clone(), &scene.namespace);
@@ -85,7 +80,7 @@ async fn each_chart_rule_is_needed_by_the_operator() {
     for (case, removed, spec, expect) in cases {
         let rules = removed.map(|key| without(&cluster_rules, key)).unwrap_or_else(|| cluster_rules.clone());
         let (_, client) = identity(&scene, &operator_ns, case, rules, vec![]).await;
-        let operator = Operator::start_as(scene.stack, client, &scene.namespace, settings(scene.stack), Some(&format!("rbac-case={case}"))).await;
+        let operator = Operator::start_as(scene.stack, client, &scene.namespace, settings(scene.stack), Some(&case_selector(case))).await;
         scene.apply(&labelled(scene.backup_yaml(case, spec.clone(), json!({})), case)).await;
         match expect {
             Expect::Untouched => {
@@ -143,7 +138,7 @@ async fn each_leader_election_rule_is_needed() {
         let (kubeconfig, _) = identity(&scene, &operator_ns, case, cluster_rules.clone(), rules).await;
         let port = free_port();
         let metrics_addr = format!("127.0.0.1:{port}");
-        let selector = format!("rbac-case={case}");
+        let selector = case_selector(case);
         let args = ["--namespace", &scene.namespace, "--lease-namespace", &operator_ns, "--lease-name", LEASE, "--identity", case];
         let more = ["--backup-selector", &selector, "--pd-url-template", &scene.stack.pd_url, "--metrics-addr", &metrics_addr];
         let log_name = format!("{operator_ns}-{case}");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::e2e::{Operator, Scene, pd_exclusive, settings};
-use support::rbac::{chart_rules, identity, without};
+use support::rbac::{case_selector, chart_rules, identity, labelled, without};
 use support::{Stack, describe_output, eventually};
 use tidb_ebs_backup::api::{BACKUP_PROTECTION_FINALIZER, Backup, ConditionType};
 
@@ -77,12 +77,8 @@ async fn a_crd_with_a_status_subresource_gets_status_through_it() {
     let operator_ns = stack.unique_namespace("status-sub-op").await;
     let (rules, _) = chart_rules(stack).await;
     let (_, client) = identity(&scene, &operator_ns, "chart", rules.clone(), vec![]).await;
-    let operator = Operator::start_as(stack, client, &scene.namespace, settings(stack), Some("rbac-case=chart")).await;
-    let backup = |name: &str, case: &str| {
-        let mut backup = scene.backup_yaml(name, json!({"cleanPolicy": "Delete", "s3": {"secretName": "keys"}}), json!({}));
-        backup["metadata"]["labels"] = json!({"rbac-case": case});
-        backup
-    };
+    let operator = Operator::start_as(stack, client, &scene.namespace, settings(stack), Some(&case_selector("chart"))).await;
+    let backup = |name: &str, case: &str| labelled(scene.backup_yaml(name, json!({"cleanPolicy": "Delete", "s3": {"secretName": "keys"}}), json!({})), case);
     scene.apply(&backup("sub1", "chart")).await;
     let done = scene.wait_phase("sub1", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(90)).await;
     assert_eq!(done.phase(), Some(&ConditionType::Complete), "{:#?}", done.status);
@@ -106,12 +102,9 @@ async fn a_crd_with_a_status_subresource_gets_status_through_it() {
 
     // Without the chart's `backups/status` rule nothing can be recorded, so nothing is started.
     let (_, client) = identity(&scene, &operator_ns, "no-status", without(&rules, "backups/status:patch"), vec![]).await;
-    let operator = Operator::start_as(stack, client, &scene.namespace, settings(stack), Some("rbac-case=no-status")).await;
+    let operator = Operator::start_as(stack, client, &scene.namespace, settings(stack), Some(&case_selector("no-status"))).await;
     scene.apply(&backup("sub2", "no-status")).await;
-    eventually("the refused status write to be counted", Duration::from_secs(30), || async {
-        operator.metrics.encode().contains("tidb_ebs_backup_reconcile_errors_total{reason=\"StatusWriteFailed\"}").then_some(())
-    })
-    .await;
+    operator.wait_for_metric("tidb_ebs_backup_reconcile_errors_total{reason=\"StatusWriteFailed\"}").await;
     let untouched = api.get("sub2").await.unwrap();
     assert!(untouched.status.is_none(), "{:#?}", untouched.status);
     assert!(scene.snapshots_tagged(untouched.metadata.uid.as_deref().unwrap()).await.is_empty());

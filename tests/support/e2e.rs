@@ -68,6 +68,18 @@ impl Operator {
         Operator { shutdown: Some(tx), task, metrics }
     }
 
+    /// Waits until `/metrics` has `line`. Metrics are counted just after the write that shows a result,
+    /// so they may trail what a test has already seen.
+    pub async fn wait_for_metric(&self, line: &str) {
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            while !self.metrics.encode().contains(line) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(found.is_ok(), "`{line}` in {}", self.metrics.encode());
+    }
+
     /// Ends the operator at once, mid-flight, as a crash would.
     pub fn crash(self) {
         self.task.abort();

@@ -93,3 +93,16 @@ pub async fn identity(scene: &Scene, operator_ns: &str, name: &str, cluster_rule
     (path, client)
 }
 
+
+/// Tests that run several reduced identities give each its own Backups through this label.
+const CASE_LABEL: &str = "rbac-case";
+
+/// `backup` labelled for the operator started with `case_selector(case)`.
+pub fn labelled(mut backup: Value, case: &str) -> Value {
+    backup["metadata"]["labels"] = json!({CASE_LABEL: case});
+    backup
+}
+
+pub fn case_selector(case: &str) -> String {
+    format!("{CASE_LABEL}={case}")
+}

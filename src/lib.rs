@@ -13,3 +13,16 @@ pub mod pd;
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// A point where the crash-point tests kill the operator: built with the `failpoints` feature and run
+/// with `FAILPOINTS=<name>=return`, the process aborts there. Without the feature it is nothing.
+#[macro_export]
+macro_rules! crash_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| {
+            eprintln!(concat!("crash point ", $name, ": aborting"));
+            std::process::abort()
+        });
+    };
+}

@@ -3,9 +3,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use kube_lease_manager::LeaseManagerBuilder;
 use tidb_ebs_backup::aws::AwsSettings;
 use tidb_ebs_backup::backup::{self, Settings, context::RealConnectors};
+use tidb_ebs_backup::k8s::lease::{Fence, LeaderLease};
 use tidb_ebs_backup::metrics::{self, Metrics};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -62,6 +62,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow_free::Result {
     let args = Args::parse();
+    #[cfg(feature = "failpoints")]
+    let _crash_points = fail::FailScenario::setup();
     tidb_ebs_backup::install_crypto_provider();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)?;
     match args.log_format {
@@ -83,51 +85,37 @@ async fn main() -> anyhow_free::Result {
     let connectors = Arc::new(RealConnectors::new(AwsSettings::from_environment().await));
     if !args.leader_election {
         tracing::info!(namespace = ?args.namespace, "starting without leader election");
-        backup::run(client, settings, connectors, metrics, args.namespace, args.backup_selector, shutdown_signal()).await;
+        backup::run(client, settings, connectors, metrics, Arc::new(Fence::unfenced()), args.namespace, args.backup_selector, shutdown_signal()).await;
         server.abort();
         return Ok(());
     }
-    let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&args.lease_namespace)
-        .with_identity(&identity)
-        .with_duration(args.lease_duration_seconds)
-        .with_grace((args.lease_duration_seconds / 3).max(1))
-        .build()
-        .await?;
-    let (mut leader, lease_task) = lease.watch().await;
+    let duration = Duration::from_secs(args.lease_duration_seconds.max(3));
+    let lease = LeaderLease::new(client.clone(), &args.lease_namespace, &args.lease_name, &identity, duration);
+    // Acting stops a third of the Lease before it could expire, so a standby (which waits a whole
+    // duration of silence) never overlaps with this replica.
+    let fence = Arc::new(Fence::leased(duration / 3));
     tracing::info!(%identity, lease = %args.lease_name, "waiting to become the active replica");
     let mut shutdown = Box::pin(shutdown_signal());
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => { server.abort(); return Ok(()); }
-            changed = leader.changed() => changed?,
-        }
-        if *leader.borrow() {
-            break;
-        }
+    tokio::select! {
+        _ = &mut shutdown => { server.abort(); return Ok(()); }
+        taken = lease.acquire(&fence) => taken?,
     }
     tracing::info!(%identity, namespace = ?args.namespace, "active replica: starting the controller");
-    let mut lost = leader.clone();
-    let lost_leadership = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = lost_leadership.clone();
-    backup::run(client, settings, connectors, metrics, args.namespace, args.backup_selector, async move {
-        tokio::select! {
-            _ = shutdown => {}
-            _ = async { while lost.changed().await.is_ok() && *lost.borrow() {} } => {
-                flag.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
+    let controller = backup::run(client, settings, connectors, metrics, fence.clone(), args.namespace, args.backup_selector, shutdown);
+    tokio::select! {
+        _ = controller => {
+            server.abort();
+            // Stopped on a signal: everything in flight was dropped, so the Lease can go to a standby now.
+            lease.release().await;
+            Ok(())
         }
-    })
-    .await;
-    server.abort();
-    // Dropping the receivers makes the lease task release the Lease, so a standby takes over at once.
-    drop(leader);
-    let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
-    if lost_leadership.load(std::sync::atomic::Ordering::SeqCst) {
-        // Another replica may act now; this process must not. Restarting makes it a candidate again.
-        return Err("lost the leader Lease; exiting so only one replica acts".into());
+        lost = lease.keep(&fence) => {
+            // Another replica may act from now on; nothing of this one may. Exiting drops every in-flight
+            // call and keeper at once (a Deployment restarts it as a standby).
+            tracing::error!(error = %lost, "lost the leader Lease; exiting so only one replica acts");
+            std::process::exit(3);
+        }
     }
-    Ok(())
 }
 
 async fn shutdown_signal() {

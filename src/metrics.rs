@@ -11,6 +11,7 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -47,6 +48,10 @@ pub struct Metrics {
     snapshots_started: Counter,
     aws_calls: Family<AwsLabel, Counter>,
     reconcile_errors: Family<ReasonLabel, Counter>,
+    pause_refreshes: Family<ResultLabel, Counter>,
+    keeper_stops: Family<ReasonLabel, Counter>,
+    pauses_held: Gauge,
+    orphan_snapshots: Gauge,
     ready: AtomicBool,
 }
 
@@ -61,6 +66,14 @@ impl Default for Metrics {
         let snapshots_started = Counter::default();
         let aws_calls = Family::<AwsLabel, Counter>::default();
         let reconcile_errors = Family::<ReasonLabel, Counter>::default();
+        let pause_refreshes = Family::<ResultLabel, Counter>::default();
+        let keeper_stops = Family::<ReasonLabel, Counter>::default();
+        let pauses_held = Gauge::default();
+        let orphan_snapshots = Gauge::default();
+        registry.register("pause_refreshes", "Refreshes of a PD pause by its keeper, by result (ok, failed)", pause_refreshes.clone());
+        registry.register("pause_keeper_stops", "Pause keepers stopped, by why (resumed, deleted, failed, window, not-leader, ...)", keeper_stops.clone());
+        registry.register("pd_pauses_held", "PD pauses this replica is keeping alive now", pauses_held.clone());
+        registry.register("orphan_snapshots", "Snapshots tagged by this operator whose Backup is gone and that no backupmeta lists (last scan)", orphan_snapshots.clone());
         registry.register("backup_phase_transitions", "Backups entering each phase", phases.clone());
         registry.register("backups_finished", "Backups finished, by result", results.clone());
         registry.register("cleanups", "Deleted Backups by what happened to their data (cleaned, retained, nothing, released, failed attempts)", cleanups.clone());
@@ -79,6 +92,10 @@ impl Default for Metrics {
             snapshots_started,
             aws_calls,
             reconcile_errors,
+            pause_refreshes,
+            keeper_stops,
+            pauses_held,
+            orphan_snapshots,
             ready: AtomicBool::new(false),
         }
     }
@@ -124,6 +141,23 @@ impl Metrics {
 
     pub fn reconcile_error(&self, reason: &'static str) {
         self.reconcile_errors.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+    }
+
+    pub fn pause_refreshed(&self, ok: bool) {
+        self.pause_refreshes.get_or_create(&ResultLabel { result: if ok { "ok" } else { "failed" }.into() }).inc();
+    }
+
+    pub fn keeper_started(&self) {
+        self.pauses_held.inc();
+    }
+
+    pub fn keeper_stopped(&self, why: &'static str) {
+        self.pauses_held.dec();
+        self.keeper_stops.get_or_create(&ReasonLabel { reason: why.into() }).inc();
+    }
+
+    pub fn set_orphan_snapshots(&self, count: usize) {
+        self.orphan_snapshots.set(count as i64);
     }
 
     pub fn set_ready(&self) {

@@ -40,6 +40,9 @@ pub const THROTTLE_CODES: &[&str] = &[
     "SnapshotCreationPerVolumeRateExceeded",
 ];
 
+/// Codes of AWS's own failures (HTTP 5xx): the request may or may not have been carried out.
+pub const SERVER_ERROR_CODES: &[&str] = &["InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable", "Unknown"];
+
 impl AwsError {
     pub fn from_sdk<E, R>(operation: &'static str, err: aws_sdk_ec2::error::SdkError<E, R>) -> Self
     where
@@ -64,6 +67,16 @@ impl AwsError {
 
     pub fn is_throttle(&self) -> bool {
         matches!(self, Self::Throttled { .. })
+    }
+
+    /// Whether the request may have taken effect although no answer says so (a lost reply, a timeout, a
+    /// server error): before sending a non-idempotent call again, look for what it may have done.
+    pub fn is_ambiguous(&self) -> bool {
+        match self {
+            Self::Transport { .. } => true,
+            Self::Service { code, .. } => SERVER_ERROR_CODES.contains(&code.as_str()),
+            _ => false,
+        }
     }
 
     pub fn code(&self) -> Option<&str> {

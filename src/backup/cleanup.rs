@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::context::AwsClients;
-use super::meta::{self, TAG_BACKUP_UID};
+use super::meta::TAG_BACKUP_UID;
 use super::steps::{Outcome, Reconcile, retry_throttled};
 use super::Result;
 use crate::api::condition::NewCondition;
@@ -62,6 +62,7 @@ impl Reconcile<'_> {
             }
         }
         self.ctx.keepers.stop(&self.uid());
+        self.release_claim().await;
         if !must_clean(&self.backup) {
             self.set_finalizer(false).await?;
             self.ctx.metrics.cleanup("retained");
@@ -93,7 +94,7 @@ impl Reconcile<'_> {
         };
         match self.delete_data(&aws).await {
             Ok(count) => {
-                let message = format!("deleted {count} snapshots and the backupmeta under {}", aws.meta.location());
+                let message = format!("deleted this backup's {count} snapshots and its data under {}", aws.meta.location());
                 // Logged too: in a namespace being deleted the Event cannot be created.
                 tracing::info!(%message, "clean-up done");
                 self.condition(NewCondition::truthy(ConditionType::Clean).because("Cleaned", message)).await?;
@@ -121,12 +122,11 @@ impl Reconcile<'_> {
         }
     }
 
+    /// Deletes this Backup's snapshots (tagged with its uid, or recorded from its own calls) and, if the
+    /// prefix is its own, its `backupmeta`. Snapshot ids listed in a `backupmeta` are never trusted on
+    /// their own: the object may be another Backup's.
     async fn delete_data(&mut self, aws: &AwsClients) -> std::result::Result<usize, String> {
-        let mut ids = self.snapshots_created(aws).await?;
-        let backupmeta = aws.meta.get(meta::META_FILE).await.map_err(|e| format!("reading backupmeta: {e}"))?;
-        if let Some(json) = backupmeta.as_deref().and_then(|b| serde_json::from_slice(b).ok()) {
-            ids.extend(meta::snapshot_ids_in_meta(&json));
-        }
+        let ids = self.snapshots_created(aws).await?;
         let per_second = self.backup.spec.clean_option.as_ref().and_then(|o| o.snapshots_delete_ratio).filter(|r| *r > 0.0).unwrap_or(1.0);
         let spacing = Duration::from_secs_f64(1.0 / per_second);
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -141,9 +141,7 @@ impl Reconcile<'_> {
             // Spaced from the end of each delete, so retries never bunch deletions above the rate.
             next = Instant::now() + spacing;
         }
-        if backupmeta.is_some() {
-            aws.meta.delete(meta::META_FILE).await.map_err(|e| format!("deleting backupmeta: {e}"))?;
-        }
+        self.delete_own_meta(aws, &ids).await?;
         Ok(ids.len())
     }
 

@@ -28,6 +28,9 @@ pub struct Settings {
     pub throttle_backoff_max: Duration,
     /// This replica's name, shown as the reporting instance of its Events.
     pub instance: Option<String>,
+    /// How long a transient problem after the pause (credentials, STS, Kubernetes reads) is ridden out
+    /// before the backup fails with it.
+    pub transient_limit: Duration,
 }
 
 impl Default for Settings {
@@ -41,6 +44,7 @@ impl Default for Settings {
             poll_interval: Duration::from_secs(5),
             throttle_backoff_max: Duration::from_secs(30),
             instance: None,
+            transient_limit: Duration::from_secs(600),
         }
     }
 }
@@ -125,4 +129,6 @@ pub struct Context {
     pub backups: Store<Backup>,
     pub keepers: super::keeper::Keepers,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Whether this replica may act (holds the leader Lease with margin).
+    pub fence: Arc<crate::k8s::lease::Fence>,
 }

@@ -1,26 +1,38 @@
-//! Keeps a pause alive: PD forgets a scheduler pause on a leader change and drops config overrides and
-//! safepoints after their TTL, so while a backup is paused we re-apply all three every third of the TTL.
-//! If the operator dies, nothing refreshes them and PD resumes by itself within one TTL.
+//! Keeps a pause alive, and only while it is wanted. PD forgets a scheduler pause on a leader change and
+//! drops config overrides and safepoints after their TTL, so a keeper re-applies all three every third
+//! of the TTL, starting at once. Before each refresh it checks that the pause is still wanted: the Backup
+//! exists with the same uid and is not being deleted, its record holds an unresumed pause without a
+//! failure, the pause window limit has not passed, and this replica still leads. If any of these fails
+//! it resumes PD at once instead of leaving it to the TTL. If the operator dies, nothing refreshes and
+//! PD resumes by itself within one TTL.
+//!
+//! The keeper's view is shared with the snapshot step through a [`PauseGuard`]: a CreateSnapshots call
+//! is sent only while the pause is known to be in force, and a pause that may have lapsed while calls
+//! were in flight fails the backup instead of completing it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::Resource;
 use tokio::task::JoinHandle;
 
+use super::claim::ClusterClaim;
 use super::record::{BackupRecord, PauseRecord, RECORD_ANNOTATION};
-use crate::api::Backup;
+use crate::api::{Backup, ConditionType};
 use crate::k8s::StatusWriter;
-use crate::pd::{Pd, PdError};
+use crate::k8s::lease::Fence;
+use crate::metrics::Metrics;
+use crate::pd::{Pd, PdError, SafepointUpdate};
 
-#[derive(Default)]
-pub struct Keepers {
-    running: Mutex<HashMap<String, JoinHandle<()>>>,
+fn unix_now() -> i64 {
+    jiff::Timestamp::now().as_second()
 }
 
 /// Re-applies the pause once: schedulers, config overrides and (when known) the GC safepoint.
-pub async fn apply_pause(pd: &dyn Pd, pause: &PauseRecord) -> Result<(), PdError> {
+pub async fn apply_pause(pd: &dyn Pd, pause: &PauseRecord) -> Result<Option<SafepointUpdate>, PdError> {
     let ttl = pause.ttl_seconds;
     for scheduler in &pause.schedulers {
         pd.pause_scheduler(scheduler, ttl).await?;
@@ -28,69 +40,362 @@ pub async fn apply_pause(pd: &dyn Pd, pause: &PauseRecord) -> Result<(), PdError
     if !pause.paused_config.is_empty() {
         pd.set_config_with_ttl(&pause.paused_config, ttl).await?;
     }
-    if let Some(safepoint) = pause.safepoint {
-        pd.update_service_safepoint(&pause.service_safepoint_id, ttl as i64, safepoint).await?;
+    match pause.safepoint {
+        Some(safepoint) => Ok(Some(pd.update_service_safepoint(&pause.service_safepoint_id, ttl as i64, safepoint).await?)),
+        None => Ok(None),
     }
-    Ok(())
+}
+
+/// Undoes the pause: schedulers resumed, config put back, our service safepoint removed. Every part is
+/// tried even when one fails.
+pub async fn undo_pause(pd: &dyn Pd, pause: &PauseRecord) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for scheduler in &pause.schedulers {
+        if let Err(e) = pd.pause_scheduler(scheduler, 0).await {
+            // A scheduler removed meanwhile has nothing left to resume.
+            if !e.to_string().contains("scheduler not found") {
+                errors.push(format!("resuming {scheduler}: {e}"));
+            }
+        }
+    }
+    if !pause.original_config.is_empty() {
+        if let Err(e) = pd.set_config_with_ttl(&pause.original_config, 0).await {
+            errors.push(format!("restoring schedule config: {e}"));
+        }
+    }
+    if let Err(e) = pd.update_service_safepoint(&pause.service_safepoint_id, 0, 0).await {
+        errors.push(format!("removing the service GC safepoint: {e}"));
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+}
+
+/// What is known about whether a pause is in force.
+pub struct PauseGuard {
+    ttl: Duration,
+    state: Mutex<GuardState>,
+}
+
+#[derive(Default)]
+struct GuardState {
+    confirmed_until: Option<Instant>,
+    refreshes: u64,
+    lapsed: Option<String>,
+    stopped: Option<&'static str>,
+}
+
+impl PauseGuard {
+    /// A guard for a pause last applied at `pause.refreshed_at` (whole seconds, rounded down, so the
+    /// estimate errs on the early side).
+    pub fn from_record(pause: &PauseRecord) -> Self {
+        let ttl = Duration::from_secs(pause.ttl_seconds);
+        let left = pause.refreshed_at + pause.ttl_seconds as i64 - unix_now();
+        let mut state = GuardState::default();
+        if left > 0 {
+            state.confirmed_until = Some(Instant::now() + Duration::from_secs(left as u64));
+        } else {
+            state.lapsed = Some(format!("the pause's TTL ({}s) passed before it was refreshed again (was the operator down?)", pause.ttl_seconds));
+        }
+        Self { ttl, state: Mutex::new(state) }
+    }
+
+    /// `Ok` when the pause is known to hold for at least `margin` from now; else why not.
+    pub fn check(&self, margin: Duration) -> Result<(), String> {
+        let state = self.state.lock().expect("guard");
+        if let Some(why) = &state.lapsed {
+            return Err(why.clone());
+        }
+        if let Some(why) = state.stopped {
+            return Err(format!("the pause keeper stopped ({why})"));
+        }
+        match state.confirmed_until {
+            Some(until) if until > Instant::now() + margin => Ok(()),
+            _ => Err(format!("PD has not confirmed the pause within its TTL ({}s): refreshes are failing", self.ttl.as_secs())),
+        }
+    }
+
+    pub fn refreshes(&self) -> u64 {
+        self.state.lock().expect("guard").refreshes
+    }
+
+    /// Waits (up to `limit`) until this keeper has refreshed the pause at least once.
+    pub async fn first_refresh(&self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        while self.refreshes() == 0 && Instant::now() < deadline && self.state.lock().expect("guard").stopped.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if self.refreshes() == 0 {
+            return Err(format!("PD did not confirm the pause within {}s", limit.as_secs()));
+        }
+        Ok(())
+    }
+
+    fn confirmed(&self, started: Instant) {
+        let mut state = self.state.lock().expect("guard");
+        if state.confirmed_until.is_some_and(|until| until <= started) && state.lapsed.is_none() {
+            state.lapsed = Some("the PD pause expired between two refreshes".into());
+        }
+        state.confirmed_until = Some(started + self.ttl);
+        state.refreshes += 1;
+    }
+
+    fn lapse(&self, why: String) {
+        self.state.lock().expect("guard").lapsed.get_or_insert(why);
+    }
+
+    fn stop(&self, why: &'static str) {
+        self.state.lock().expect("guard").stopped.get_or_insert(why);
+    }
+}
+
+/// Everything a keeper needs; built by the pause and snapshot steps.
+pub struct KeeperJob {
+    pub pd: Arc<dyn Pd>,
+    pub api: Api<Backup>,
+    pub namespace: String,
+    pub uid: String,
+    pub name: String,
+    pub pause: PauseRecord,
+    pub max_window_seconds: i64,
+    pub writer: Arc<StatusWriter>,
+    pub fence: Arc<Fence>,
+    pub claim: ClusterClaim,
+    pub metrics: Arc<Metrics>,
+    pub cache: Store<Backup>,
+}
+
+#[derive(Debug)]
+enum Wanted {
+    Yes,
+    /// Stop; resume PD unless someone already did.
+    No { why: &'static str, resume: bool },
+    /// The API server could not say; keep the pause (within the window limit) and ask again.
+    Unknown(kube::Error),
+}
+
+impl KeeperJob {
+    fn judge(&self, backup: Option<&Backup>) -> Wanted {
+        let Some(backup) = backup.filter(|b| b.meta().uid.as_deref() == Some(self.uid.as_str())) else {
+            return Wanted::No { why: "deleted", resume: true };
+        };
+        if backup.meta().deletion_timestamp.is_some() {
+            return Wanted::No { why: "deleting", resume: true };
+        }
+        let Ok(record) = BackupRecord::of(backup) else { return Wanted::No { why: "record-unreadable", resume: true } };
+        match record.pause.as_ref() {
+            None => return Wanted::No { why: "record-lost", resume: true },
+            Some(p) if p.service_safepoint_id != self.pause.service_safepoint_id => return Wanted::No { why: "record-lost", resume: true },
+            Some(_) => {}
+        }
+        if record.resumed {
+            return Wanted::No { why: "resumed", resume: false };
+        }
+        if record.failure.is_some() {
+            return Wanted::No { why: "failed", resume: true };
+        }
+        if backup.phase().is_some_and(ConditionType::is_terminal) {
+            return Wanted::No { why: "ended", resume: true };
+        }
+        Wanted::Yes
+    }
+
+    async fn live(&self) -> Wanted {
+        match self.api.get_opt(&self.name).await {
+            Ok(backup) => self.judge(backup.as_ref()),
+            Err(e) => Wanted::Unknown(e),
+        }
+    }
+
+    fn cached(&self) -> Wanted {
+        let key = ObjectRef::new(&self.name).within(&self.namespace);
+        self.judge(self.cache.get(&key).as_deref())
+    }
+
+    async fn run(self, guard: Arc<PauseGuard>) {
+        let interval = Duration::from_secs((self.pause.ttl_seconds / 3).max(1));
+        let retry = Duration::from_secs(2).min(interval);
+        let mut next_refresh = Instant::now();
+        self.metrics.keeper_started();
+        let why = loop {
+            if !self.fence.held() {
+                // Another replica may hold the Backup now: leave PD to it.
+                guard.stop("not-leader");
+                break "not-leader";
+            }
+            if unix_now() - self.pause.paused_at > self.max_window_seconds {
+                guard.lapse(format!("the pause window limit ({}s, spec.volumeBackupInitJobMaxActiveSeconds) passed", self.max_window_seconds));
+                guard.stop("window");
+                self.resume().await;
+                break "window";
+            }
+            let due = Instant::now() >= next_refresh;
+            // The cache is looked at every second (a deleted Backup resumes PD within seconds); the API
+            // server has the last word, and is asked before every refresh.
+            let mut wanted = if due { self.live().await } else { self.cached() };
+            if !due && matches!(wanted, Wanted::No { .. }) {
+                wanted = self.live().await;
+            }
+            match wanted {
+                Wanted::Yes => {}
+                Wanted::No { why, resume } => {
+                    guard.stop(why);
+                    if resume {
+                        self.resume().await;
+                    }
+                    if why == "deleted" {
+                        // Nobody else will give the cluster back for a Backup that is gone.
+                        let _ = self.claim.release().await;
+                    }
+                    break why;
+                }
+                Wanted::Unknown(e) => tracing::warn!(backup = %self.name, error = %e, "cannot read the Backup; keeping the pause within its window"),
+            }
+            if due {
+                next_refresh = self.refresh(&guard).await.map_or(Instant::now() + retry, |started| started + interval);
+            }
+            let pause_for = next_refresh.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+            tokio::time::sleep(pause_for).await;
+        };
+        tracing::info!(backup = %self.name, %why, "pause keeper stopped");
+        self.metrics.keeper_stopped(why);
+    }
+
+    /// One refresh; the instant it started when PD took it.
+    async fn refresh(&self, guard: &PauseGuard) -> Option<Instant> {
+        let started = Instant::now();
+        let started_wall = unix_now();
+        match apply_pause(self.pd.as_ref(), &self.pause).await {
+            Ok(update) => {
+                if let (Some(update), Some(safepoint)) = (update, self.pause.safepoint) {
+                    if update.min_safe_point > safepoint {
+                        guard.lapse(format!("PD's GC safepoint {} ({}) moved past ours ({safepoint})", update.min_safe_point, update.min_service_id));
+                    }
+                }
+                guard.confirmed(started);
+                self.metrics.pause_refreshed(true);
+                self.record_refresh(started_wall).await;
+                if let Err(e) = self.claim.renew().await {
+                    tracing::warn!(backup = %self.name, error = %e, "renewing the cluster claim failed");
+                }
+                Some(started)
+            }
+            Err(e) => {
+                self.metrics.pause_refreshed(false);
+                tracing::warn!(backup = %self.name, error = %e, "refreshing the PD pause failed; retrying shortly");
+                None
+            }
+        }
+    }
+
+    /// The time the refresh started is recorded, so a restarted operator never over-estimates the pause.
+    async fn record_refresh(&self, started_wall: i64) {
+        let Ok(Some(backup)) = self.api.get_opt(&self.name).await else { return };
+        let id = self.pause.service_safepoint_id.clone();
+        let _ = self
+            .writer
+            .update(&self.api, &backup, |owned| {
+                let Some(json) = owned.annotations.get(RECORD_ANNOTATION) else { return };
+                let Ok(mut record) = serde_json::from_str::<BackupRecord>(json) else { return };
+                if record.resumed || record.failure.is_some() {
+                    return;
+                }
+                if let Some(p) = record.pause.as_mut().filter(|p| p.service_safepoint_id == id && p.refreshed_at < started_wall) {
+                    p.refreshed_at = started_wall;
+                    owned.annotations.insert(RECORD_ANNOTATION.into(), record.to_annotation());
+                }
+            })
+            .await;
+    }
+
+    async fn resume(&self) {
+        match undo_pause(self.pd.as_ref(), &self.pause).await {
+            Ok(()) => tracing::info!(backup = %self.name, "PD resumed by the pause keeper"),
+            Err(e) => tracing::warn!(backup = %self.name, error = %e, "resuming PD failed; PD drops the pause by itself within its TTL"),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Keepers {
+    running: Mutex<HashMap<String, (JoinHandle<()>, Arc<PauseGuard>)>>,
 }
 
 impl Drop for Keepers {
     /// An operator that goes away stops refreshing: PD then resumes by itself within one TTL.
     fn drop(&mut self) {
-        for (_, handle) in self.running.lock().expect("keepers").drain() {
+        for (_, (handle, _)) in self.running.lock().expect("keepers").drain() {
             handle.abort();
         }
     }
 }
 
 impl Keepers {
-    pub fn is_running(&self, uid: &str) -> bool {
-        self.running.lock().expect("keepers").get(uid).is_some_and(|h| !h.is_finished())
+    /// The running keeper's guard for `uid`, if one runs.
+    pub fn guard(&self, uid: &str) -> Option<Arc<PauseGuard>> {
+        self.running.lock().expect("keepers").get(uid).filter(|(h, _)| !h.is_finished()).map(|(_, g)| g.clone())
     }
 
-    pub fn start(
-        &self,
-        uid: &str,
-        pd: Arc<dyn Pd>,
-        api: Api<Backup>,
-        name: String,
-        writer: Arc<StatusWriter>,
-        pause: PauseRecord,
-    ) {
+    /// Starts a keeper for the job's Backup unless one runs; returns its guard.
+    pub fn start(&self, job: KeeperJob) -> Arc<PauseGuard> {
         let mut running = self.running.lock().expect("keepers");
-        if running.get(uid).is_some_and(|h| !h.is_finished()) {
-            return;
+        if let Some((_, guard)) = running.get(&job.uid).filter(|(h, _)| !h.is_finished()) {
+            return guard.clone();
         }
-        let interval = Duration::from_secs((pause.ttl_seconds / 3).max(1));
-        let handle = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(interval).await;
-                match apply_pause(pd.as_ref(), &pause).await {
-                    Ok(()) => {
-                        if let Ok(backup) = api.get(&name).await {
-                            let now = jiff::Timestamp::now().as_second();
-                            let _ = writer
-                                .update(&api, &backup, |owned| {
-                                    let Some(json) = owned.annotations.get(RECORD_ANNOTATION) else { return };
-                                    let Ok(mut record) = serde_json::from_str::<BackupRecord>(json) else { return };
-                                    if let Some(p) = record.pause.as_mut().filter(|_| !record.resumed) {
-                                        p.refreshed_at = now;
-                                        owned.annotations.insert(RECORD_ANNOTATION.into(), record.to_annotation());
-                                    }
-                                })
-                                .await;
-                        }
-                    }
-                    Err(e) => tracing::warn!(backup = %name, error = %e, "refreshing the PD pause failed; retrying at the next interval"),
-                }
-            }
-        });
-        running.insert(uid.to_string(), handle);
+        let guard = Arc::new(PauseGuard::from_record(&job.pause));
+        let uid = job.uid.clone();
+        let handle = tokio::spawn(job.run(guard.clone()));
+        running.insert(uid, (handle, guard.clone()));
+        guard
     }
 
     pub fn stop(&self, uid: &str) {
-        if let Some(handle) = self.running.lock().expect("keepers").remove(uid) {
-            handle.abort();
+        if let Some((handle, guard)) = self.running.lock().expect("keepers").remove(uid) {
+            guard.stop("resumed");
+            if !handle.is_finished() {
+                handle.abort();
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pause(refreshed_ago: i64, ttl: u64) -> PauseRecord {
+        PauseRecord {
+            service_safepoint_id: "id".into(),
+            ttl_seconds: ttl,
+            paused_at: unix_now() - refreshed_ago,
+            refreshed_at: unix_now() - refreshed_ago,
+            schedulers: vec![],
+            paused_config: Default::default(),
+            original_config: Default::default(),
+            safepoint: Some(1),
+        }
+    }
+
+    #[test]
+    fn a_pause_recorded_longer_ago_than_its_ttl_counts_as_lapsed() {
+        assert!(PauseGuard::from_record(&pause(31, 30)).check(Duration::ZERO).is_err());
+        let fresh = PauseGuard::from_record(&pause(1, 30));
+        assert!(fresh.check(Duration::from_secs(5)).is_ok());
+        assert!(fresh.check(Duration::from_secs(29)).is_err(), "not for longer than the TTL left");
+    }
+
+    #[test]
+    fn a_refresh_after_the_previous_one_expired_marks_the_pause_lapsed() {
+        let guard = PauseGuard::from_record(&pause(1, 30));
+        guard.confirmed(Instant::now());
+        assert!(guard.check(Duration::from_secs(5)).is_ok());
+        let late = Instant::now() + Duration::from_secs(31);
+        guard.confirmed(late);
+        assert!(guard.check(Duration::ZERO).unwrap_err().contains("expired between two refreshes"));
+    }
+
+    #[test]
+    fn a_stopped_keeper_vouches_for_nothing() {
+        let guard = PauseGuard::from_record(&pause(1, 30));
+        guard.stop("deleted");
+        assert!(guard.check(Duration::ZERO).unwrap_err().contains("deleted"));
     }
 }

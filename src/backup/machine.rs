@@ -69,11 +69,6 @@ pub fn claimed_by_tidb_operator(backup: &Backup) -> Option<String> {
         .and_then(|c| c.message.clone())
 }
 
-/// Whether a pause recorded at `refreshed_at` may have lapsed by `now` (PD drops it after the TTL).
-pub fn pause_lapsed(refreshed_at: i64, ttl_seconds: u64, now: i64) -> bool {
-    now - refreshed_at >= ttl_seconds as i64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,11 +161,5 @@ mod tests {
         let mut theirs = ours.clone();
         theirs.status.as_mut().unwrap().conditions[0].message = Some("only support volume snapshot backup across k8s clusters".into());
         assert!(claimed_by_tidb_operator(&theirs).is_some());
-    }
-
-    #[test]
-    fn pause_lapses_after_its_ttl() {
-        assert!(!pause_lapsed(100, 120, 219));
-        assert!(pause_lapsed(100, 120, 220));
     }
 }

@@ -1,10 +1,12 @@
 //! The volume-snapshot backup reconciler: a resumable state machine over what each Backup records.
 
+pub mod claim;
 pub mod cleanup;
 pub mod context;
 pub mod keeper;
 pub mod machine;
 pub mod meta;
+pub mod ownership;
 pub mod queue;
 pub mod record;
 pub mod steps;
@@ -47,10 +49,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action> {
     let span = tracing::info_span!("backup", namespace = %backup.namespace().unwrap_or_default(), name = %backup.name_any());
     async move {
-        if !backup.is_volume_snapshot() || backup.spec.federal_volume_backup_phase.is_some() {
+        // Judged on the spec the backup started with: an edit mid-flight does not make it someone else's.
+        let run = steps::Reconcile::new(&ctx, (*backup).clone())?;
+        if !run.backup.is_volume_snapshot() || run.backup.spec.federal_volume_backup_phase.is_some() {
             return Ok(Action::await_change());
         }
-        let run = steps::Reconcile::new(&ctx, (*backup).clone())?;
+        if !ctx.fence.held() {
+            // Not (or no longer) sure to lead: touch nothing; the process exits if the Lease is lost.
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
         if backup.meta().deletion_timestamp.is_some() {
             return Ok(run.on_delete().await?.map_or_else(Action::await_change, Action::requeue));
         }
@@ -73,11 +80,15 @@ pub fn error_policy(backup: Arc<Backup>, error: &Error, ctx: Arc<Context>) -> Ac
 }
 
 /// Runs the controller on the Backups matching `selector` (all when `None`) until `shutdown` resolves.
+/// Shutting down drops everything in flight at once (every step is safe to cut short); `fence` says
+/// whether this replica may act.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: kube::Client,
     settings: Settings,
     connectors: Arc<dyn context::Connectors>,
     metrics: Arc<crate::metrics::Metrics>,
+    fence: Arc<crate::k8s::lease::Fence>,
     namespace: Option<String>,
     selector: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -105,6 +116,7 @@ pub async fn run(
         backups: controller.store(),
         keepers: Default::default(),
         metrics: metrics.clone(),
+        fence,
     });
     let store = controller.store();
     let ready = metrics.clone();
@@ -123,14 +135,14 @@ pub async fn run(
             }
         }
     });
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "controller event");
-            }
-        })
-        .await;
+    let controller = controller.run(reconcile, error_policy, ctx).for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "controller event");
+        }
+    });
+    tokio::select! {
+        _ = controller => {}
+        _ = shutdown => tracing::info!("shutting down; in-flight work is dropped and resumes from its record"),
+    }
 }
 

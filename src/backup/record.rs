@@ -46,6 +46,22 @@ pub struct BackupRecord {
     /// TiDB Operator claimed this Backup and that has been reported.
     #[serde(default)]
     pub interference_reported: bool,
+    /// The spec as it was when the backup started: bucket, prefix, region, credentials and mode are used
+    /// from here to the end, so an edit mid-flight can never strand a pause or split the data. Only
+    /// `cleanPolicy` and `cleanOption` are taken live (TiDB Operator lets them change after a backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<crate::api::BackupSpec>,
+    /// A transient problem being ridden out (since when, and what), so that it is bounded across requeues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transient: Option<Transient>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transient {
+    pub since: i64,
+    pub reason: String,
+    pub message: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use kube::{Resource, ResourceExt};
 
 use super::context::{AwsClients, Context};
 use super::keeper::apply_pause;
-use super::machine::{Step, next_step, pause_lapsed};
+use super::machine::{Step, next_step};
 use super::meta::{self, MetaInputs, TAG_BACKUP_UID};
 use super::record::{BackupRecord, Failure, InstancePlan, PauseRecord, RECORD_ANNOTATION, SnapshotPlan};
 use super::{Error, Result};
@@ -60,10 +60,48 @@ pub(super) fn failure(reason: &str, message: impl Into<String>) -> Failure {
 }
 
 impl<'a> Reconcile<'a> {
-    pub fn new(ctx: &'a Context, backup: Backup) -> Result<Self> {
+    /// The Backup as this operator acts on it: with the spec it started with (see `BackupRecord::spec`).
+    pub fn new(ctx: &'a Context, mut backup: Backup) -> Result<Self> {
         let api = Api::namespaced(ctx.client.clone(), backup.metadata.namespace.as_deref().unwrap_or_default());
         let record = BackupRecord::of(&backup).map_err(Error::Record)?;
+        if let Some(pinned) = &record.spec {
+            let (clean_policy, clean_option) = (backup.spec.clean_policy, backup.spec.clean_option.take());
+            if pinned.s3 != backup.spec.s3 || pinned.backup_mode != backup.spec.backup_mode || pinned.br != backup.spec.br {
+                tracing::warn!("the spec changed after the backup started; the backup goes on with the spec it started with");
+            }
+            backup.spec = pinned.clone();
+            backup.spec.clean_policy = clean_policy;
+            backup.spec.clean_option = clean_option;
+        }
         Ok(Self { ctx, api, backup, record })
+    }
+
+    /// The backup's claim on its TidbCluster (one backup at a time per cluster).
+    pub(super) fn claim(&self) -> super::claim::ClusterClaim {
+        super::claim::ClusterClaim::new(&self.ctx.client, &self.backup.cluster_namespace(), &self.backup.spec.br.cluster, &self.backup, self.ctx.settings.pause_ttl)
+    }
+
+    /// Gives the cluster back; a failure only delays the next backup by one pause TTL.
+    pub(super) async fn release_claim(&self) {
+        if let Err(e) = self.claim().release().await {
+            tracing::warn!(error = %e, "releasing the cluster claim failed; the next backup waits one pause TTL");
+        }
+    }
+
+    /// Rides out a transient problem for up to `Settings::transient_limit` (across requeues and
+    /// restarts), then fails with it.
+    pub(super) async fn retry_later(&mut self, failure: Failure) -> Result<Outcome> {
+        let now = unix_now();
+        let since = self.record.transient.as_ref().map_or(now, |t| t.since);
+        let limit = self.ctx.settings.transient_limit.as_secs() as i64;
+        if now - since > limit {
+            let message = format!("{} (for {}s, longer than the {limit}s the operator rides out)", failure.message, now - since);
+            return self.fail(Failure { message, ..failure }).await;
+        }
+        tracing::warn!(reason = %failure.reason, message = %failure.message, "transient problem; retrying");
+        let transient = super::record::Transient { since, reason: failure.reason.clone(), message: failure.message.clone() };
+        self.save(|_, record, _| record.transient = Some(transient.clone())).await?;
+        Ok(Outcome::Requeue(self.ctx.settings.poll_interval.max(Duration::from_secs(2))))
     }
 
     pub(super) fn uid(&self) -> String {
@@ -76,6 +114,10 @@ impl<'a> Reconcile<'a> {
 
     /// Runs steps until one has to wait or the backup is finished.
     pub async fn run(mut self) -> Result<Option<Duration>> {
+        // The finalizer follows cleanPolicy on every pass: a Retain backup switched to Delete gets it.
+        if super::cleanup::needs_finalizer(&self.backup) && !self.has_finalizer() && !matches!(next_step(&self.backup, &self.record), Step::Ignore) {
+            self.set_finalizer(true).await?;
+        }
         loop {
             let step = next_step(&self.backup, &self.record);
             tracing::debug!(?step, "next step");
@@ -221,6 +263,7 @@ impl<'a> Reconcile<'a> {
             record.started_at.get_or_insert(now.0.as_second());
         })
         .await?;
+        crate::crash_point!("schedule.after-save");
         Ok(Outcome::Continue)
     }
 
@@ -261,6 +304,24 @@ impl<'a> Reconcile<'a> {
             // Woken when the one ahead ends (`queue::next_in_line`); the poll is only a safety net.
             return Ok(Outcome::Requeue(Duration::from_secs(30)));
         }
+        // The cache above orders the queue; the API server decides who holds the cluster.
+        match self.claim().acquire().await {
+            Ok(super::claim::Claim::Held) => {}
+            Ok(super::claim::Claim::HeldBy(holder)) => {
+                let message = format!(
+                    "waiting for the Backup ahead of it on TidbCluster {}/{} to finish (one backup at a time per cluster)",
+                    self.backup.cluster_namespace(),
+                    self.backup.spec.br.cluster
+                );
+                tracing::info!(%holder, "the cluster is claimed by another Backup");
+                self.condition(NewCondition::truthy(ConditionType::Scheduled).because("WaitingForOtherBackup", message)).await?;
+                return Ok(Outcome::Requeue(Duration::from_secs(5)));
+            }
+            Err(e) if !crate::k8s::is_transient(&e) => {
+                return self.fail(failure("KubernetesAPIFailed", format!("claiming the TidbCluster (Lease {}): {e}", self.backup.spec.br.cluster))).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
         // Nothing is touched yet, so a refusal from the Kubernetes API (e.g. a permission the operator's
         // role lacks) fails the backup with the API's own words rather than retrying in silence.
         let planned = match self.plan().await {
@@ -270,13 +331,16 @@ impl<'a> Reconcile<'a> {
         match planned {
             Ok((plan, aws)) => {
                 let location = aws.meta.location();
+                let spec = self.backup.spec.clone();
                 self.save(|status, record, now| {
                     record.plan = Some(plan.clone());
+                    record.spec = Some(spec.clone());
                     status.backup_path = Some(location.clone());
                     status.time_started = Some(now.clone());
                     set_condition(status, NewCondition::truthy(ConditionType::Prepare), now);
                 })
                 .await?;
+                crate::crash_point!("preflight.after-save");
                 Ok(Outcome::Continue)
             }
             Err(failure) => self.fail(failure).await,
@@ -451,6 +515,11 @@ impl<'a> Reconcile<'a> {
             Ok(plans) => plans,
             Err(e) => return Ok(Err(aws_failure(e))),
         };
+        // Last, once every check has passed: the prefix is claimed only by a backup that goes ahead.
+        if let Err(f) = self.lock_prefix(&aws).await {
+            return Ok(Err(f));
+        }
+        crate::crash_point!("preflight.after-lock");
         let plan = SnapshotPlan {
             cluster_namespace: namespace,
             cluster,
@@ -483,6 +552,13 @@ impl<'a> Reconcile<'a> {
             Ok(pd) => pd,
             Err(f) => return self.fail(f).await,
         };
+        // Held since preflight; asked again because nothing may pause a cluster another Backup holds.
+        match self.claim().acquire().await? {
+            super::claim::Claim::Held => {}
+            super::claim::Claim::HeldBy(holder) => {
+                return self.fail(failure("ClusterClaimLost", format!("Backup {holder} holds the TidbCluster now; this backup did not pause it"))).await;
+            }
+        }
         let ttl = self.ctx.settings.pause_ttl.as_secs().max(3);
         let store_count = self.record.plan.as_ref().map_or(1, |p| p.stores.len());
         let (schedulers, config) = match tokio::try_join!(pd.schedulers(), pd.schedule_config()) {
@@ -491,11 +567,13 @@ impl<'a> Reconcile<'a> {
         };
         let schedulers: Vec<String> = schedulers.into_iter().filter(|s| SCHEDULERS_TO_PAUSE.contains(&s.as_str())).collect();
         let (paused_config, original_config) = pause_config_values(&config, store_count);
+        // The TTLs start when PD takes the first pause call, so that is the time recorded.
+        let started = unix_now();
         let pause = PauseRecord {
             service_safepoint_id: format!("tidb-ebs-backup-{}", self.uid()),
             ttl_seconds: ttl,
-            paused_at: unix_now(),
-            refreshed_at: unix_now(),
+            paused_at: started,
+            refreshed_at: started,
             schedulers,
             paused_config,
             original_config,
@@ -508,10 +586,14 @@ impl<'a> Reconcile<'a> {
             set_condition(status, NewCondition::truthy(ConditionType::Running).because("PausingScheduling", "pausing PD scheduling and GC"), now);
         })
         .await?;
+        crate::crash_point!("pause.after-intent");
         if let Err(e) = apply_pause(pd.as_ref(), &pause).await {
             return self.fail(failure("PDPauseFailed", format!("pausing PD scheduling: {e}"))).await;
         }
-        if let Err(f) = wait_until_quiet(pd.as_ref(), self.ctx.settings.quiet_wait).await {
+        crate::crash_point!("pause.after-apply");
+        // The keeper starts only after the resolved ts is known, so the wait must end well within the TTL.
+        let quiet_wait = self.ctx.settings.quiet_wait.min(Duration::from_secs(ttl / 3));
+        if let Err(f) = wait_until_quiet(pd.as_ref(), quiet_wait).await {
             return self.fail(f).await;
         }
         let resolved_ts = match pd.min_resolved_ts().await {
@@ -532,6 +614,7 @@ impl<'a> Reconcile<'a> {
             Ok(_) => {}
             Err(e) => return self.fail(failure(e.reason(), format!("setting the service GC safepoint: {e}"))).await,
         }
+        crate::crash_point!("pause.after-safepoint");
         match pd.gc_safepoints().await {
             Ok(gc) if gc.gc_safe_point >= resolved_ts => {
                 return self
@@ -545,34 +628,46 @@ impl<'a> Reconcile<'a> {
         self.save(|status, record, now| {
             if let Some(p) = record.pause.as_mut() {
                 p.safepoint = Some(safepoint);
-                p.refreshed_at = now.0.as_second();
             }
             record.resolved_ts = Some(resolved_ts);
             set_condition(status, NewCondition::truthy(ConditionType::VolumeBackupInitialized).because("Paused", message.clone()), now);
         })
         .await?;
+        crate::crash_point!("pause.after-save");
         self.ensure_keeper(pd);
         Ok(Outcome::Continue)
     }
 
-    fn ensure_keeper(&self, pd: Arc<dyn Pd>) {
-        if let Some(pause) = self.record.pause.clone().filter(|_| !self.record.resumed) {
-            self.ctx.keepers.start(&self.uid(), pd, self.api.clone(), self.name(), self.ctx.writer.clone(), pause);
-        }
+    /// The keeper of this backup's pause (started if none runs), refreshing at once.
+    fn ensure_keeper(&self, pd: Arc<dyn Pd>) -> Option<Arc<super::keeper::PauseGuard>> {
+        let pause = self.record.pause.clone().filter(|_| !self.record.resumed)?;
+        Some(self.ctx.keepers.start(super::keeper::KeeperJob {
+            pd,
+            api: self.api.clone(),
+            namespace: self.backup.metadata.namespace.clone().unwrap_or_default(),
+            uid: self.uid(),
+            name: self.name(),
+            pause,
+            max_window_seconds: self.backup.spec.volume_backup_init_job_max_active_seconds,
+            writer: self.ctx.writer.clone(),
+            fence: self.ctx.fence.clone(),
+            claim: self.claim(),
+            metrics: self.ctx.metrics.clone(),
+            cache: self.ctx.backups.clone(),
+        }))
+    }
+
+    /// How long a pause must still hold for a CreateSnapshots call to be sent.
+    fn pause_margin(&self) -> Duration {
+        (self.ctx.settings.pause_ttl / 6).max(Duration::from_secs(2))
     }
 
     // ---- Snapshot -------------------------------------------------------------------------------
 
     async fn snapshot(&mut self) -> Result<Outcome> {
         let pause = self.record.pause.clone().expect("pause recorded before snapshots");
-        let now = unix_now();
-        if !self.ctx.keepers.is_running(&self.uid()) && pause_lapsed(pause.refreshed_at, pause.ttl_seconds, now) {
-            return self
-                .fail(failure("PauseLapsed", "the PD pause expired before all snapshots were started (was the operator down?); the snapshots would not be consistent"))
-                .await;
-        }
         let max_window = self.backup.spec.volume_backup_init_job_max_active_seconds;
-        if now - pause.paused_at > max_window {
+        if unix_now() - pause.paused_at > max_window {
             return self
                 .fail(failure("PauseWindowExceeded", format!("snapshots were not all started within {max_window}s (spec.volumeBackupInitJobMaxActiveSeconds)")))
                 .await;
@@ -581,17 +676,59 @@ impl<'a> Reconcile<'a> {
             Ok(pd) => pd,
             Err(f) => return self.fail(f).await,
         };
-        self.ensure_keeper(pd);
+        let Some(guard) = self.ensure_keeper(pd) else {
+            return self.fail(failure("PauseLapsed", "PD was resumed before all snapshots were started")).await;
+        };
+        // A keeper that has just started (after a restart or a hand-over) refreshes at once: no call goes
+        // out before PD has confirmed the pause.
+        let lapsed = match guard.first_refresh(Duration::from_secs((pause.ttl_seconds / 3).max(1))).await {
+            Ok(()) => guard.check(self.pause_margin()),
+            Err(why) => Err(why),
+        };
+        if let Err(why) = lapsed {
+            return self.fail(failure("PauseLapsed", format!("{why}; snapshots taken now would not be consistent"))).await;
+        }
         let aws = match self.aws_clients().await {
             Ok(aws) => aws,
             Err(f) => return self.fail(f).await,
         };
-        if !self.record.snapshot_requests.is_empty() {
-            if let Err(e) = self.adopt_snapshots_by_tag(&aws).await {
-                return self.fail(failure(e.reason(), format!("looking up this backup's snapshots: {e}"))).await;
+        let deadline = Instant::now() + Duration::from_secs((pause.paused_at + max_window - unix_now()).max(1) as u64);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if !self.record.snapshot_requests.is_empty() {
+                if let Err(e) = self.adopt_snapshots_by_tag(&aws).await? {
+                    return self.fail(failure(e.reason(), format!("looking up this backup's snapshots: {e}"))).await;
+                }
             }
+            let errors = self.send_create_snapshots(&aws, &guard, deadline).await?;
+            let Some((instance, e)) = errors.into_iter().next() else { break };
+            let retryable = matches!(&e, CallError::Aws(e) if e.is_ambiguous());
+            if retryable && attempt < 3 && guard.check(self.pause_margin()).is_ok() && Instant::now() < deadline {
+                // The call may have worked: the next round first looks for its snapshots by tag.
+                tracing::warn!(%instance, error = %e, attempt, "CreateSnapshots answer unclear; looking up by tag, then retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            let reason = if matches!(e, CallError::PauseNotHeld(_)) { "PauseLapsed" } else { "CreateSnapshotsFailed" };
+            // A timeout may hide a snapshot AWS did create: the failure handler finds those by tag.
+            return self.fail(failure(reason, format!("snapshotting instance {instance}: {e}"))).await;
         }
+        // Every call has returned: the set is consistent only if the pause held until now.
+        if let Err(why) = guard.check(Duration::ZERO).and_then(|()| if self.ctx.fence.held() { Ok(()) } else { Err("this replica lost the leader Lease".into()) }) {
+            return self.fail(failure("PauseLapsed", format!("{why} while CreateSnapshots calls were in flight; the snapshots are not consistent"))).await;
+        }
+        Ok(Outcome::Continue)
+    }
+
+    /// One round of CreateSnapshots for every instance still without snapshots, all at once (bounded by
+    /// `snapshot_concurrency`). Each call is sent only while the pause and the Lease are known to hold.
+    /// Results are recorded as they come; the errors are returned.
+    async fn send_create_snapshots(&mut self, aws: &AwsClients, guard: &Arc<super::keeper::PauseGuard>, deadline: Instant) -> Result<Vec<(String, CallError)>> {
         let pending: Vec<InstancePlan> = self.record.instances_without_snapshots().into_iter().cloned().collect();
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
         let requested: Vec<String> = pending.iter().map(|i| i.instance_id.clone()).collect();
         self.save(|_, record, _| {
             for instance in &requested {
@@ -601,37 +738,44 @@ impl<'a> Reconcile<'a> {
             }
         })
         .await?;
-        let deadline = Instant::now() + Duration::from_secs((pause.paused_at + max_window - now).max(1) as u64);
+        crate::crash_point!("snapshot.after-requests");
         let plan = self.record.plan.clone().expect("plan recorded");
         let already: BTreeSet<String> = self.record.snapshots.keys().cloned().collect();
-        let requests: Vec<_> = pending
-            .into_iter()
-            .map(|instance| {
-                let tags = meta::snapshot_tags(&self.backup, &plan, &instance.instance_id);
-                let mut exclude = instance.exclude_volume_ids.clone();
-                exclude.extend(instance.volume_ids.iter().filter(|v| already.contains(*v)).cloned());
-                (instance, tags, exclude)
-            })
-            .collect();
         let backoff_max = self.ctx.settings.throttle_backoff_max;
+        let margin = self.pause_margin();
         // Calls run as tasks so that recording one result never holds up the others.
         let limit = Arc::new(tokio::sync::Semaphore::new(self.ctx.settings.snapshot_concurrency.max(1)));
         let mut calls = tokio::task::JoinSet::new();
-        for (instance, tags, exclude) in requests {
+        for instance in pending {
+            let tags = meta::snapshot_tags(&self.backup, &plan, &instance.instance_id);
+            let mut exclude = instance.exclude_volume_ids.clone();
+            exclude.extend(instance.volume_ids.iter().filter(|v| already.contains(*v)).cloned());
             let snapshots = aws.snapshots.clone();
             let metrics = self.ctx.metrics.clone();
-            let limit = limit.clone();
+            let (limit, guard, fence) = (limit.clone(), guard.clone(), self.ctx.fence.clone());
             calls.spawn(async move {
                 let _permit = limit.acquire_owned().await.expect("semaphore is never closed");
                 let result = retry_throttled(deadline, backoff_max, &metrics, "CreateSnapshots", || {
-                    snapshots.create_snapshots(&instance.instance_id, &exclude, &tags)
+                    let fenced = guard.check(margin).and_then(|()| if fence.held() { Ok(()) } else { Err("this replica lost the leader Lease".into()) });
+                    let call = snapshots.create_snapshots(&instance.instance_id, &exclude, &tags);
+                    async move {
+                        match fenced {
+                            Err(why) => Err(AwsError::Unexpected(format!("{NOT_SENT}{why}"))),
+                            Ok(()) => call.await,
+                        }
+                    }
                 })
                 .await;
+                crate::crash_point!("snapshot.after-call");
+                let result = result.map_err(|e| match e {
+                    AwsError::Unexpected(m) if m.starts_with(NOT_SENT) => CallError::PauseNotHeld(m[NOT_SENT.len()..].to_string()),
+                    e => CallError::Aws(e),
+                });
                 (instance, result)
             });
         }
         let total = plan.instances.iter().map(|i| i.volume_ids.len()).sum::<usize>().max(1);
-        let mut first_error = None;
+        let mut errors = Vec::new();
         while let Some(joined) = calls.join_next().await {
             // Results that arrived meanwhile are recorded in the same write.
             let mut ready = vec![joined];
@@ -650,7 +794,7 @@ impl<'a> Reconcile<'a> {
                     }
                     Err(e) => {
                         tracing::warn!(instance = %instance.instance_id, error = %e, "CreateSnapshots failed");
-                        first_error.get_or_insert((instance, e));
+                        errors.push((instance.instance_id.clone(), e));
                     }
                 }
             }
@@ -665,27 +809,25 @@ impl<'a> Reconcile<'a> {
                 set_condition(status, NewCondition::truthy(ConditionType::VolumeBackupInitialized).because("Snapshotting", message), now);
             })
             .await?;
+            crate::crash_point!("snapshot.after-save");
             self.ctx.metrics.snapshots_started(batch.len());
         }
-        if let Some((instance, e)) = first_error {
-            // A timeout may hide a snapshot AWS did create: the failure handler finds those by tag.
-            return self
-                .fail(failure("CreateSnapshotsFailed", format!("snapshotting instance {}: {e}", instance.instance_id)))
-                .await;
-        }
-        Ok(Outcome::Continue)
+        Ok(errors)
     }
 
     /// Snapshots of this backup found by tag, recorded for the volumes that have none yet.
-    async fn adopt_snapshots_by_tag(&mut self, aws: &AwsClients) -> std::result::Result<(), AwsError> {
-        let found = aws.snapshots.find_snapshots_by_tag(TAG_BACKUP_UID, &self.uid()).await?;
+    async fn adopt_snapshots_by_tag(&mut self, aws: &AwsClients) -> Result<std::result::Result<(), AwsError>> {
+        let found = match aws.snapshots.find_snapshots_by_tag(TAG_BACKUP_UID, &self.uid()).await {
+            Ok(found) => found,
+            Err(e) => return Ok(Err(e)),
+        };
         let planned: BTreeSet<String> = self.record.plan.iter().flat_map(|p| p.instances.iter().flat_map(|i| i.volume_ids.clone())).collect();
         let adopt: Vec<_> = found
             .into_iter()
             .filter(|s| planned.contains(&s.volume_id) && s.state != SnapshotState::Error && !self.record.snapshots.contains_key(&s.volume_id))
             .collect();
         if adopt.is_empty() {
-            return Ok(());
+            return Ok(Ok(()));
         }
         tracing::info!(count = adopt.len(), "adopting snapshots created before a restart or timeout");
         self.save(|_, record, _| {
@@ -693,8 +835,8 @@ impl<'a> Reconcile<'a> {
                 record.snapshots.entry(s.volume_id.clone()).or_insert_with(|| s.snapshot_id.clone());
             }
         })
-        .await
-        .map_err(|e| AwsError::Unexpected(e.to_string()))
+        .await?;
+        Ok(Ok(()))
     }
 
     // ---- Resume ---------------------------------------------------------------------------------
@@ -703,35 +845,36 @@ impl<'a> Reconcile<'a> {
         let Some(pause) = self.record.pause.clone() else { return Ok(()) };
         self.ctx.keepers.stop(&self.uid());
         let pd = self.plan_pd().await.map_err(|f| f.message)?;
-        let mut errors = Vec::new();
-        for scheduler in &pause.schedulers {
-            if let Err(e) = pd.pause_scheduler(scheduler, 0).await {
-                if !e.to_string().contains("scheduler not found") {
-                    errors.push(format!("resuming {scheduler}: {e}"));
-                }
+        let mut last = Ok(());
+        // A PD blip must not leave the pause to its TTL: a few quick tries.
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            last = super::keeper::undo_pause(pd.as_ref(), &pause).await;
+            if last.is_ok() {
+                break;
             }
         }
-        if !pause.original_config.is_empty() {
-            if let Err(e) = pd.set_config_with_ttl(&pause.original_config, 0).await {
-                errors.push(format!("restoring schedule config: {e}"));
-            }
-        }
-        if let Err(e) = pd.update_service_safepoint(&pause.service_safepoint_id, 0, 0).await {
-            errors.push(format!("removing the service GC safepoint: {e}"));
-        }
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        last
     }
 
     async fn resume(&mut self) -> Result<Outcome> {
-        match self.resume_pd().await {
-            Ok(()) => {
-                let elapsed = self.record.pause.as_ref().map_or(0, |p| unix_now() - p.paused_at);
-                self.ctx.metrics.pause_window(elapsed as f64);
-                self.save(|_, record, _| record.resumed = true).await?;
-                Ok(Outcome::Continue)
-            }
-            Err(message) => self.fail(failure("PDResumeFailed", message)).await,
+        let resumed = self.resume_pd().await;
+        crate::crash_point!("resume.after-undo");
+        let elapsed = self.record.pause.as_ref().map_or(0, |p| unix_now() - p.paused_at);
+        self.ctx.metrics.pause_window(elapsed as f64);
+        if let Err(message) = &resumed {
+            // The snapshots are consistent and PD drops the pause by its TTL: that is no reason to throw
+            // them away (BR carries on too). Said loudly instead.
+            let ttl = self.record.pause.as_ref().map_or(0, |p| p.ttl_seconds);
+            let note = format!("resuming PD failed ({message}); PD drops the pause by itself within {ttl}s");
+            tracing::warn!(%note);
+            self.publish(true, "PDResumeFailed", &note, "Resume").await;
         }
+        self.save(|_, record, _| record.resumed = true).await?;
+        crate::crash_point!("resume.after-save");
+        Ok(Outcome::Continue)
     }
 
     // ---- Metadata -------------------------------------------------------------------------------
@@ -744,7 +887,8 @@ impl<'a> Reconcile<'a> {
         let facts = ClusterFacts::from_object(&tc);
         let volumes = match resolve_volumes(&self.ctx.client, &plan.cluster_namespace, &plan.cluster, &facts).await {
             Ok(v) => v,
-            Err(e) => return self.fail(failure(e.reason(), e.to_string())).await,
+            // The snapshots exist and PD is resumed: a pod or claim seen mid-restart is waited out.
+            Err(e) => return self.retry_later(failure(e.reason(), e.to_string())).await,
         };
         let tc_json = serde_json::to_value(&tc).unwrap_or_default();
         let inputs = MetaInputs {
@@ -761,8 +905,15 @@ impl<'a> Reconcile<'a> {
         };
         let aws = match self.aws_clients().await {
             Ok(aws) => aws,
-            Err(f) => return self.fail(f).await,
+            Err(f) => return self.retry_later(f).await,
         };
+        match self.prefix_owner(&aws).await {
+            Ok(super::ownership::PrefixOwner::Other(who)) => {
+                return self.fail(failure("FileExistedInExternalStorage", format!("{} was claimed by Backup {who} meanwhile", aws.meta.location()))).await;
+            }
+            Ok(_) => {}
+            Err(e) => return self.retry_later(failure(e.reason(), format!("reading the prefix lock: {e}"))).await,
+        }
         let body = serde_json::to_vec(&backupmeta).expect("json");
         match aws.meta.put_if_absent(meta::META_FILE, body).await {
             Ok(true) => {}
@@ -776,25 +927,30 @@ impl<'a> Reconcile<'a> {
                         .await;
                 }
             }
-            Err(e) => return self.fail(failure("BackupMetaWriteFailed", format!("writing {}/{}: {e}", aws.meta.location(), meta::META_FILE))).await,
+            Err(e) => return self.retry_later(failure("BackupMetaWriteFailed", format!("writing {}/{}: {e}", aws.meta.location(), meta::META_FILE))).await,
         }
+        crate::crash_point!("meta.after-put");
         let message = format!("{} snapshots started; backupmeta written", self.record.snapshots.len());
         self.save(|status, record, now| {
             record.meta_written = true;
+            record.transient = None;
             status.commit_ts = record.resolved_ts.map(|ts| ts.to_string());
             set_condition(status, NewCondition::truthy(ConditionType::VolumeBackupSnapshotsCreated).because("SnapshotsCreated", message.clone()), now);
             set_progress(status, SNAPSHOT_PROGRESS_STEP, 0.0, now);
         })
         .await?;
+        crate::crash_point!("meta.after-save");
         Ok(Outcome::Continue)
     }
 
     // ---- Completion -----------------------------------------------------------------------------
 
     async fn wait_snapshots(&mut self) -> Result<Outcome> {
+        // From here on the snapshots are consistent and PD is resumed: a credential, Secret or STS blip is
+        // ridden out, never a reason to delete a good set.
         let aws = match self.aws_clients().await {
             Ok(aws) => aws,
-            Err(f) => return self.fail(f).await,
+            Err(f) => return self.retry_later(f).await,
         };
         let ids: Vec<String> = self.record.snapshots.values().cloned().collect();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -823,13 +979,17 @@ impl<'a> Reconcile<'a> {
             / snapshots.len().max(1) as f64;
         let complete = snapshots.iter().all(|s| s.state == SnapshotState::Completed);
         let message = format!("{} of {} snapshots completed", snapshots.iter().filter(|s| s.state == SnapshotState::Completed).count(), snapshots.len());
-        self.save(|status, _, now| {
+        self.save(|status, record, now| {
+            record.transient = None;
             set_progress(status, SNAPSHOT_PROGRESS_STEP, if complete { 100.0 } else { progress.min(99.9) }, now);
             if complete {
                 set_condition(status, NewCondition::truthy(ConditionType::VolumeBackupComplete).because("SnapshotsCompleted", message.clone()), now);
             }
         })
         .await?;
+        if complete {
+            crate::crash_point!("wait.after-complete");
+        }
         Ok(if complete { Outcome::Continue } else { Outcome::Requeue(self.ctx.settings.poll_interval) })
     }
 
@@ -854,6 +1014,7 @@ impl<'a> Reconcile<'a> {
         if super::cleanup::needs_finalizer(&self.backup) && self.backup.spec.clean_policy == crate::api::CleanPolicy::OnFailure {
             self.set_finalizer(false).await?;
         }
+        crate::crash_point!("finish.before-save");
         self.save(|status, record, now| {
             if let Some(full) = full {
                 status.backup_size = Some(full as i64);
@@ -872,6 +1033,7 @@ impl<'a> Reconcile<'a> {
             set_condition(status, NewCondition::truthy(ConditionType::Complete), now);
         })
         .await?;
+        self.release_claim().await;
         self.ctx.metrics.backup_finished("complete", self.record.started_at.map(|s| (unix_now() - s) as f64));
         Ok(Outcome::Stop)
     }
@@ -939,6 +1101,7 @@ impl<'a> Reconcile<'a> {
 
     async fn handle_failure(&mut self, failure: Failure) -> Result<Outcome> {
         let mut notes = Vec::new();
+        self.ctx.keepers.stop(&self.uid());
         if self.record.paused() {
             match self.resume_pd().await {
                 Ok(()) => self.save(|_, record, _| record.resumed = true).await?,
@@ -951,17 +1114,24 @@ impl<'a> Reconcile<'a> {
         if !self.record.snapshots_deleted && (!self.record.snapshots.is_empty() || !self.record.snapshot_requests.is_empty()) {
             match self.delete_own_snapshots().await {
                 Ok(count) => {
+                    crate::crash_point!("failure.after-delete");
                     notes.push(format!("deleted the {count} snapshots this backup had created"));
                     self.save(|_, record, _| record.snapshots_deleted = true).await?;
                 }
                 Err(message) => notes.push(format!("could not delete this backup's snapshots: {message}")),
             }
         }
-        if self.record.meta_written {
-            if let Ok(aws) = self.aws_clients().await {
-                if let Err(e) = aws.meta.delete(meta::META_FILE).await {
-                    notes.push(format!("could not delete backupmeta: {e}"));
-                }
+        if self.record.plan.is_some() {
+            // Our backupmeta and prefix lock only; a prefix another Backup holds is left as it is.
+            let own = match self.aws_clients().await {
+                Ok(aws) => match self.snapshots_created(&aws).await {
+                    Ok(ids) => self.delete_own_meta(&aws, &ids).await,
+                    Err(e) => Err(e),
+                },
+                Err(f) => Err(f.message),
+            };
+            if let Err(e) = own {
+                notes.push(format!("could not delete this backup's backupmeta or prefix lock: {e}"));
             }
         }
         let message = if notes.is_empty() { failure.message.clone() } else { format!("{}; {}", failure.message, notes.join("; ")) };
@@ -969,6 +1139,7 @@ impl<'a> Reconcile<'a> {
             set_condition(status, NewCondition::truthy(ConditionType::Failed).because(failure.reason.clone(), message.clone()), now);
         })
         .await?;
+        self.release_claim().await;
         self.ctx.metrics.backup_finished("failed", None);
         Ok(Outcome::Stop)
     }
@@ -1041,6 +1212,17 @@ where
             other => return other,
         }
     }
+}
+
+/// Marks a CreateSnapshots call that was not sent because the pause or the Lease could not be vouched for.
+const NOT_SENT: &str = "not sent: ";
+
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error("{0}")]
+    Aws(AwsError),
+    #[error("not sent: {0}")]
+    PauseNotHeld(String),
 }
 
 fn version_at_least(version: &str, (major, minor): (u64, u64)) -> bool {

@@ -1,6 +1,7 @@
 //! Everything that talks to the Kubernetes API.
 
 pub mod identity;
+pub mod lease;
 pub mod status_writer;
 pub mod volumes;
 

@@ -59,6 +59,7 @@ impl Operator {
             settings,
             connectors,
             metrics.clone(),
+            Arc::new(tidb_ebs_backup::k8s::lease::Fence::unfenced()),
             Some(namespace.to_string()),
             selector.map(String::from),
             async {

@@ -46,7 +46,8 @@ struct Args {
     leader_election: bool,
     #[arg(long, env = "LEASE_NAME", default_value = "tidb-ebs-backup")]
     lease_name: String,
-    /// Namespace of the Lease; normally the operator's own (POD_NAMESPACE from the downward API).
+    /// Namespace of the leader Lease and of the per-TidbCluster claim Leases; normally the operator's own
+    /// (POD_NAMESPACE from the downward API).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
     /// This replica's identity in the Lease (POD_NAME from the downward API).
@@ -78,6 +79,7 @@ async fn main() -> anyhow_free::Result {
         pause_ttl: Duration::from_secs(args.pause_ttl_seconds),
         snapshot_concurrency: args.snapshot_concurrency,
         poll_interval: Duration::from_secs(args.poll_interval_seconds),
+        claim_namespace: args.lease_namespace.clone(),
         ..Settings::default()
     };
     let metrics = Arc::new(Metrics::default());

@@ -266,45 +266,72 @@ impl PdRelay {
     }
 }
 
-#[tokio::test]
-async fn pd_lost_mid_backup_fails_cleanly_and_the_pause_expires() {
-    let _pd = pd_exclusive().await;
-    let scene = Scene::new("e2e-pdlost", 2, 1).await;
+/// PD cut while the CreateSnapshots calls (`delay_ms` each) are in flight, with a 6 s pause TTL; returns
+/// the ended Backup and PD's state before.
+async fn backup_losing_pd_mid_calls(scene: &Scene, name: &str, delay_ms: u64) -> (Backup, PdState) {
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
     emulator.clear_faults().await;
-    let slow = emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 3000, "times": 2})).await;
+    emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": delay_ms, "times": 2})).await;
     let before = settled_pd_state(scene.stack).await;
     let relay = PdRelay::start(&scene.stack.pd_url).await;
     let mut config = settings(scene.stack);
     config.pd_url_template = relay.url.clone();
     config.pause_ttl = Duration::from_secs(6);
     let operator = Operator::start(scene.stack, &scene.namespace, config).await;
-    scene.apply(&scene.backup_yaml("pd-lost", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
-    // Cut PD while the CreateSnapshots calls are in flight (they are slowed down to 3 s).
+    scene.apply(&scene.backup_yaml(name, json!({"s3": {"secretName": "keys"}}), json!({}))).await;
     let api = scene.api();
     eventually("CreateSnapshots to be under way", Duration::from_secs(60), || async {
-        let backup = api.get("pd-lost").await.ok()?;
+        let backup = api.get(name).await.ok()?;
         backup.annotations().get("tidb-ebs-backup/record")?.contains("snapshotRequests").then_some(())
     })
     .await;
     relay.cut();
-
-    let backup = scene.wait_phase("pd-lost", &[ConditionType::Failed, ConditionType::Complete], Duration::from_secs(90)).await;
-    let failed = backup.status.clone().unwrap().conditions.into_iter().find(|c| c.type_ == ConditionType::Failed).expect("Failed");
-    assert_eq!(failed.reason.as_deref(), Some("PDResumeFailed"), "{failed:#?}");
-    let message = failed.message.unwrap();
-    assert!(message.contains("PD drops the pause by itself") && message.contains("deleted"), "{message}");
-    assert!(scene.snapshots_tagged(backup.metadata.uid.as_deref().unwrap()).await.is_empty(), "no stray snapshots");
+    let backup = scene.wait_phase(name, &[ConditionType::Failed, ConditionType::Complete], Duration::from_secs(90)).await;
     // Nobody refreshes the pause any more: PD lets it go within the TTL.
-    eventually("the pause to expire in PD", Duration::from_secs(30), || async {
-        (pd_state(scene.stack).await == before).then_some(())
-    })
-    .await;
-    if let Some(id) = slow["id"].as_u64() {
-        emulator.remove_fault(id).await;
-    }
+    eventually("the pause to expire in PD", Duration::from_secs(30), || async { (pd_state(scene.stack).await == before).then_some(()) }).await;
+    emulator.clear_faults().await;
     operator.stop().await;
+    (backup, before)
+}
+
+/// The calls return while the pause still holds (3 s < TTL 6 s), then PD cannot be told to resume: the
+/// snapshots are consistent, so the backup completes (as BR does), says so in a Warning, and PD drops
+/// the pause by its TTL.
+#[tokio::test]
+async fn pd_lost_after_the_calls_returned_still_completes_and_the_pause_expires() {
+    let _pd = pd_exclusive().await;
+    let scene = Scene::new("e2e-pdlost", 2, 1).await;
+    let (backup, _) = backup_losing_pd_mid_calls(&scene, "pd-lost", 3000).await;
+    assert_eq!(backup.phase(), Some(&ConditionType::Complete), "{:#?}", backup.status);
+    let uid = backup.metadata.uid.clone().unwrap();
+    assert_eq!(scene.snapshots_tagged(&uid).await.len(), 2, "the consistent set is kept");
+    let events = events_of(&scene, "pd-lost").await;
+    assert!(events.iter().any(|(reason, note)| reason == "PDResumeFailed" && note.contains("drops the pause by itself")), "{events:?}");
+}
+
+/// The calls outlast the TTL while PD is unreachable (9 s > 6 s): the pause may have lapsed while they
+/// ran, so the set is not consistent: `Failed`/`PauseLapsed` and no snapshot left.
+#[tokio::test]
+async fn a_pause_that_lapses_while_calls_are_in_flight_fails_the_backup_and_removes_its_snapshots() {
+    let _pd = pd_exclusive().await;
+    let scene = Scene::new("e2e-lapse", 2, 1).await;
+    let (backup, _) = backup_losing_pd_mid_calls(&scene, "lapsed", 9000).await;
+    let failed = backup.status.clone().unwrap().conditions.into_iter().find(|c| c.type_ == ConditionType::Failed).expect("Failed");
+    assert_eq!(failed.reason.as_deref(), Some("PauseLapsed"), "{failed:#?}");
+    let message = failed.message.unwrap();
+    assert!(message.contains("not consistent") && message.contains("deleted"), "{message}");
+    assert!(scene.snapshots_tagged(backup.metadata.uid.as_deref().unwrap()).await.is_empty(), "no snapshot of an inconsistent set is left");
+}
+
+async fn events_of(scene: &Scene, name: &str) -> Vec<(String, String)> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(scene.client.clone(), &scene.namespace);
+    let list = events.list(&Default::default()).await.unwrap();
+    list.items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
 }
 
 #[tokio::test]

@@ -133,7 +133,7 @@ async fn install_creates_the_operator_objects_keeps_the_crd_and_uninstall_remove
     let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
     let lease_roles: Api<Role> = Api::namespaced(client.clone(), &namespace);
     let lease_bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &namespace);
-    let lease_role = format!("{name}-leader-election");
+    let lease_role = format!("{name}-leases");
 
     let deployment = deployments.get(&name).await.expect("Deployment");
     let spec = deployment.spec.as_ref().unwrap();
@@ -185,8 +185,8 @@ async fn install_creates_the_operator_objects_keeps_the_crd_and_uninstall_remove
     let binding = bindings.get(&name).await.expect("ClusterRoleBinding named after the release");
     let subject = &binding.subjects.as_ref().unwrap()[0];
     assert_eq!((subject.name.as_str(), subject.namespace.as_deref()), (name.as_str(), Some(namespace.as_str())));
-    lease_roles.get(&lease_role).await.expect("leader-election Role");
-    lease_bindings.get(&lease_role).await.expect("leader-election RoleBinding");
+    lease_roles.get(&lease_role).await.expect("the release-namespace Lease Role");
+    lease_bindings.get(&lease_role).await.expect("the release-namespace Lease RoleBinding");
 
     assert_eq!(backup_crd_version(stack).await, crd_before, "helm install must skip the existing Backup CRD");
 
@@ -259,13 +259,18 @@ fn needed() -> Vec<Ask> {
     ]
 }
 
-/// src/main.rs leader election (kube-lease-manager): the release's Lease in the operator's namespace.
+/// src/k8s/lease.rs leader election (the release's Lease) and src/backup/claim.rs cluster claims (a Lease
+/// per TidbCluster), both in the operator's namespace.
 fn needed_for_the_lease(operator_ns: &str, lease: &str) -> Vec<Ask> {
     let named = format!("leases.coordination.k8s.io/{lease}");
+    let claim = "leases.coordination.k8s.io/tidb-ebs-backup.tidb-somewhere.basic";
     vec![
         ask("create", "leases.coordination.k8s.io", Some(operator_ns)),
         ask("get", &named, Some(operator_ns)),
         ask("patch", &named, Some(operator_ns)),
+        ask("get", claim, Some(operator_ns)),
+        ask("patch", claim, Some(operator_ns)),
+        ask("delete", claim, Some(operator_ns)),
     ]
 }
 
@@ -301,15 +306,13 @@ fn not_needed(operator_ns: &str, lease: &str) -> Vec<Ask> {
         ask("delete", "events.events.k8s.io", TIDB_NS),
         ask("create", "jobs.batch", TIDB_NS),
         ask("create", "clusterrolebindings.rbac.authorization.k8s.io", ALL),
-        // The Lease: only the release's own, only in the release namespace, never deleted or listed.
-        ask("get", "leases.coordination.k8s.io/some-other-lease", Some(operator_ns)),
-        ask("patch", "leases.coordination.k8s.io/some-other-lease", Some(operator_ns)),
+        // Leases: only in the release namespace, never updated whole, listed or watched.
         ask("update", &named, Some(operator_ns)),
-        ask("delete", &named, Some(operator_ns)),
         ask("list", "leases.coordination.k8s.io", Some(operator_ns)),
         ask("watch", "leases.coordination.k8s.io", Some(operator_ns)),
         ask("get", &named, TIDB_NS),
         ask("create", "leases.coordination.k8s.io", TIDB_NS),
+        ask("patch", "leases.coordination.k8s.io/tidb-ebs-backup.tidb-somewhere.basic", TIDB_NS),
     ]
 }
 

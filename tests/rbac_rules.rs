@@ -17,6 +17,7 @@ use support::e2e::{Operator, Scene, pd_exclusive, settings, spawn_operator_binar
 use support::rbac::{LEASE, case_selector, chart_rules, identity, labelled, rule_key, without};
 use support::{eventually, free_port, http};
 use tidb_ebs_backup::api::{Backup, ConditionType};
+use tidb_ebs_backup::backup::Settings;
 
 async fn events_about(scene: &Scene, name: &str) -> Vec<String> {
     let events: Api<Event> = Api::namespaced(scene.client.clone(), &scene.namespace);
@@ -54,7 +55,7 @@ async fn each_chart_rule_is_needed_by_the_operator() {
     .unwrap();
     accounts.create(&PostParams::default(), &irsa).await.unwrap();
     let operator_ns = scene.stack.unique_namespace("rbac-op").await;
-    let (cluster_rules, _) = chart_rules(scene.stack).await;
+    let (cluster_rules, lease_rules) = chart_rules(scene.stack).await;
 
     let with_secret = json!({"cleanPolicy": "Delete", "s3": {"secretName": "keys"}});
     let with_irsa = json!({"cleanPolicy": "Delete", "serviceAccount": "tidb-backup-manager"});
@@ -79,8 +80,10 @@ async fn each_chart_rule_is_needed_by_the_operator() {
 
     for (case, removed, spec, expect) in cases {
         let rules = removed.map(|key| without(&cluster_rules, key)).unwrap_or_else(|| cluster_rules.clone());
-        let (_, client) = identity(&scene, &operator_ns, case, rules, vec![]).await;
-        let operator = Operator::start_as(scene.stack, client, &scene.namespace, settings(scene.stack), Some(&case_selector(case))).await;
+        // The operator's namespace Role (cluster claims) is granted whole here; the next test takes it apart.
+        let (_, client) = identity(&scene, &operator_ns, case, rules, lease_rules.clone()).await;
+        let settings = Settings { claim_namespace: operator_ns.clone(), ..settings(scene.stack) };
+        let operator = Operator::start_as(scene.stack, client, &scene.namespace, settings, Some(&case_selector(case))).await;
         scene.apply(&labelled(scene.backup_yaml(case, spec.clone(), json!({})), case)).await;
         match expect {
             Expect::Untouched => {
@@ -123,19 +126,20 @@ async fn each_chart_rule_is_needed_by_the_operator() {
     }
 }
 
-/// The leader-election Role's two rules, with the real binary: without either, the operator cannot lead;
-/// it exits naming the refusal and never acts.
+/// The operator-namespace Role's rule (leader Lease and cluster claims), with the real binary: without it
+/// the operator cannot lead; it exits naming the refusal and never acts.
 #[tokio::test]
 async fn each_leader_election_rule_is_needed() {
     let scene = Scene::new("rbac-lease", 1, 1).await;
     let (cluster_rules, lease_rules) = chart_rules(scene.stack).await;
     let keys: Vec<String> = lease_rules.iter().map(rule_key).collect();
-    assert_eq!(keys, vec!["leases:create".to_string(), format!("leases[{LEASE}]:get,patch")], "the chart's leader-election rules");
+    assert_eq!(keys, vec!["leases:create,get,patch,delete".to_string()], "the chart's namespace rules");
 
-    for (case, removed) in [("all", None), ("minus-create", Some("leases:create".to_string())), ("minus-get-patch", Some(format!("leases[{LEASE}]:get,patch")))] {
+    for (case, removed) in [("all", None), ("minus-leases", Some("leases:create,get,patch,delete".to_string()))] {
         let operator_ns = scene.stack.unique_namespace("rbac-lease-op").await;
         let rules = removed.as_deref().map(|key| without(&lease_rules, key)).unwrap_or_else(|| lease_rules.clone());
         let (kubeconfig, _) = identity(&scene, &operator_ns, case, cluster_rules.clone(), rules).await;
+        assert!(removed.is_none() || !cluster_rules.iter().any(|r| r.resources.iter().flatten().any(|x| x == "leases")), "no Lease rule elsewhere");
         let port = free_port();
         let metrics_addr = format!("127.0.0.1:{port}");
         let selector = case_selector(case);

@@ -1,5 +1,5 @@
 //! One backup at a time per TidbCluster, decided by the API server: a Lease named after the cluster, in
-//! its namespace, held by the Backup's uid. It is created (or taken over) with a precondition the API
+//! the operator's namespace (where its role may write Leases), held by the Backup's uid. It is created (or taken over) with a precondition the API
 //! server enforces, so two Backups reconciled in the same instant cannot both hold it, whatever the
 //! watch cache says. The holder's pause keeper renews it; a holder that is gone or finished keeps it
 //! until its last renewal is one pause TTL old, so its pause has lapsed before the next backup pauses.
@@ -33,11 +33,12 @@ pub struct ClusterClaim {
 }
 
 impl ClusterClaim {
-    pub fn new(client: &kube::Client, cluster_namespace: &str, cluster: &str, backup: &Backup, ttl: Duration) -> Self {
+    pub fn new(client: &kube::Client, claim_namespace: &str, cluster_namespace: &str, cluster: &str, backup: &Backup, ttl: Duration) -> Self {
         Self {
             client: client.clone(),
-            api: Api::namespaced(client.clone(), cluster_namespace),
-            lease: format!("tidb-ebs-backup-{cluster}"),
+            api: Api::namespaced(client.clone(), claim_namespace),
+            // Namespace and cluster names are DNS labels, so the dotted name is a valid Lease name.
+            lease: format!("tidb-ebs-backup.{cluster_namespace}.{cluster}"),
             uid: backup.meta().uid.clone().unwrap_or_default(),
             backup: format!("{}/{}", backup.namespace().unwrap_or_default(), backup.name_any()),
             ttl,

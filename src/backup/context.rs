@@ -31,6 +31,8 @@ pub struct Settings {
     /// How long a transient problem after the pause (credentials, STS, Kubernetes reads) is ridden out
     /// before the backup fails with it.
     pub transient_limit: Duration,
+    /// Where the per-TidbCluster claim Leases live: the operator's own namespace.
+    pub claim_namespace: String,
 }
 
 impl Default for Settings {
@@ -45,6 +47,7 @@ impl Default for Settings {
             throttle_backoff_max: Duration::from_secs(30),
             instance: None,
             transient_limit: Duration::from_secs(600),
+            claim_namespace: "default".into(),
         }
     }
 }

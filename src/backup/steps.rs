@@ -78,7 +78,7 @@ impl<'a> Reconcile<'a> {
 
     /// The backup's claim on its TidbCluster (one backup at a time per cluster).
     pub(super) fn claim(&self) -> super::claim::ClusterClaim {
-        super::claim::ClusterClaim::new(&self.ctx.client, &self.backup.cluster_namespace(), &self.backup.spec.br.cluster, &self.backup, self.ctx.settings.pause_ttl)
+        super::claim::ClusterClaim::new(&self.ctx.client, &self.ctx.settings.claim_namespace, &self.backup.cluster_namespace(), &self.backup.spec.br.cluster, &self.backup, self.ctx.settings.pause_ttl)
     }
 
     /// Gives the cluster back; a failure only delays the next backup by one pause TTL.
@@ -318,7 +318,7 @@ impl<'a> Reconcile<'a> {
                 return Ok(Outcome::Requeue(Duration::from_secs(5)));
             }
             Err(e) if !crate::k8s::is_transient(&e) => {
-                return self.fail(failure("KubernetesAPIFailed", format!("claiming the TidbCluster (Lease {}): {e}", self.backup.spec.br.cluster))).await;
+                return self.fail(failure("KubernetesAPIFailed", format!("claiming the TidbCluster (a Lease in {}): {e}", self.ctx.settings.claim_namespace))).await;
             }
             Err(e) => return Err(e.into()),
         }
@@ -868,7 +868,7 @@ impl<'a> Reconcile<'a> {
             // The snapshots are consistent and PD drops the pause by its TTL: that is no reason to throw
             // them away (BR carries on too). Said loudly instead.
             let ttl = self.record.pause.as_ref().map_or(0, |p| p.ttl_seconds);
-            let note = format!("resuming PD failed ({message}); PD drops the pause by itself within {ttl}s");
+            let note = format!("PD could not be told to resume; it drops the pause by itself within {ttl}s; the snapshots are consistent: {message}");
             tracing::warn!(%note);
             self.publish(true, "PDResumeFailed", &note, "Resume").await;
         }

@@ -30,6 +30,10 @@ struct Args {
     /// CreateSnapshots calls in flight at once.
     #[arg(long, env = "SNAPSHOT_CONCURRENCY", default_value_t = 8)]
     snapshot_concurrency: usize,
+    /// How long one CreateSnapshots call may take; a replica taking over waits this long for calls of
+    /// its predecessor to land before it looks them up by tag.
+    #[arg(long, env = "CREATE_SNAPSHOTS_TIMEOUT_SECONDS", default_value_t = 30)]
+    create_snapshots_timeout_seconds: u64,
     /// How often pending snapshots are polled.
     #[arg(long, env = "POLL_INTERVAL_SECONDS", default_value_t = 5)]
     poll_interval_seconds: u64,
@@ -80,6 +84,7 @@ async fn main() -> anyhow_free::Result {
         snapshot_concurrency: args.snapshot_concurrency,
         poll_interval: Duration::from_secs(args.poll_interval_seconds),
         claim_namespace: args.lease_namespace.clone(),
+        create_snapshots_timeout: Duration::from_secs(args.create_snapshots_timeout_seconds.max(1)),
         ..Settings::default()
     };
     let metrics = Arc::new(Metrics::default());

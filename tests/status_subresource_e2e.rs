@@ -75,9 +75,10 @@ async fn a_crd_with_a_status_subresource_gets_status_through_it() {
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     // The operator runs as the Helm chart's ClusterRole grants, here where its `backups/status` rule matters.
     let operator_ns = stack.unique_namespace("status-sub-op").await;
-    let (rules, _) = chart_rules(stack).await;
-    let (_, client) = identity(&scene, &operator_ns, "chart", rules.clone(), vec![]).await;
-    let operator = Operator::start_as(stack, client, &scene.namespace, settings(stack), Some(&case_selector("chart"))).await;
+    let (rules, lease_rules) = chart_rules(stack).await;
+    let (_, client) = identity(&scene, &operator_ns, "chart", rules.clone(), lease_rules).await;
+    let chart_settings = tidb_ebs_backup::backup::Settings { claim_namespace: operator_ns.clone(), ..settings(stack) };
+    let operator = Operator::start_as(stack, client, &scene.namespace, chart_settings, Some(&case_selector("chart"))).await;
     let backup = |name: &str, case: &str| labelled(scene.backup_yaml(name, json!({"cleanPolicy": "Delete", "s3": {"secretName": "keys"}}), json!({})), case);
     scene.apply(&backup("sub1", "chart")).await;
     let done = scene.wait_phase("sub1", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(90)).await;

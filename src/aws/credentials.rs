@@ -67,7 +67,7 @@ impl AwsIdentity {
     ) -> Result<Self> {
         let regional_builder = || {
             // The app name marks our calls in CloudTrail (and in the test emulator's request log).
-            let builder = settings.base.to_builder().app_name(aws_config::AppName::new(APP_NAME).expect("valid app name"));
+            let builder = settings.base.to_builder().app_name(aws_config::AppName::new(APP_NAME).expect("valid app name")).timeout_config(call_timeouts());
             match region.filter(|r| !r.is_empty()) {
                 Some(region) => builder.region(aws_config::Region::new(region.to_string())),
                 None => builder,
@@ -114,6 +114,15 @@ impl AwsIdentity {
     pub fn fresh_for(&self, margin: Duration) -> bool {
         self.expires.is_none_or(|at| at > SystemTime::now() + margin)
     }
+}
+
+/// Every AWS call ends: a hung connection or answer never holds a pause or a worker.
+fn call_timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(Duration::from_secs(30))
+        .operation_timeout(Duration::from_secs(90))
+        .build()
 }
 
 fn sts_message<E, R>(err: aws_sdk_sts::error::SdkError<E, R>) -> String

@@ -125,6 +125,10 @@ impl Snapshots for Ec2Snapshots {
             .copy_tags_from_source(CopyTagsFromSource::Volume)
             .tag_specifications(tag_spec)
             .description(format!("tidb-ebs-backup of {instance_id}"))
+            // CreateSnapshots has no idempotency token: the SDK must never resend it on its own. Retries are
+            // the operator's, after a look-up by tag.
+            .customize()
+            .config_override(aws_sdk_ec2::config::Builder::new().retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled()))
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("CreateSnapshots", e))?;

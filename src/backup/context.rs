@@ -33,6 +33,8 @@ pub struct Settings {
     pub transient_limit: Duration,
     /// Where the per-TidbCluster claim Leases live: the operator's own namespace.
     pub claim_namespace: String,
+    /// How long one CreateSnapshots call may take before it is given up (and looked up by tag).
+    pub create_snapshots_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -48,6 +50,7 @@ impl Default for Settings {
             instance: None,
             transient_limit: Duration::from_secs(600),
             claim_namespace: "default".into(),
+            create_snapshots_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -30,6 +30,10 @@ pub struct BackupRecord {
     /// up by tag before any second call, as CreateSnapshots has no idempotency token.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshot_requests: Vec<String>,
+    /// Unix seconds when the last round of CreateSnapshots calls was sent: a process that takes over
+    /// waits until calls of that round can no longer be in flight before it looks them up and resends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots_requested_at: Option<i64>,
     /// volume id -> snapshot id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub snapshots: BTreeMap<String, String>,

@@ -693,6 +693,7 @@ impl<'a> Reconcile<'a> {
             Err(f) => return self.fail(f).await,
         };
         let deadline = Instant::now() + Duration::from_secs((pause.paused_at + max_window - unix_now()).max(1) as u64);
+        self.wait_for_earlier_calls().await;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -721,6 +722,20 @@ impl<'a> Reconcile<'a> {
         Ok(Outcome::Continue)
     }
 
+    /// Calls sent by an earlier process (crashed, or replaced by another leader) may still be in flight, and
+    /// their snapshots not yet visible by tag: sending again now could snapshot a volume twice. So a round
+    /// recorded but unanswered is given the call timeout to land first.
+    async fn wait_for_earlier_calls(&self) {
+        let unanswered = !self.record.snapshot_requests.is_empty() && !self.record.instances_without_snapshots().is_empty();
+        let Some(sent) = self.record.snapshots_requested_at.filter(|_| unanswered) else { return };
+        let landed_by = sent + self.ctx.settings.create_snapshots_timeout.as_secs() as i64 + 1;
+        let wait = landed_by - unix_now();
+        if wait > 0 {
+            tracing::info!(wait_seconds = wait, "CreateSnapshots calls of an earlier process may still be in flight; waiting before looking them up");
+            tokio::time::sleep(Duration::from_secs(wait as u64)).await;
+        }
+    }
+
     /// One round of CreateSnapshots for every instance still without snapshots, all at once (bounded by
     /// `snapshot_concurrency`). Each call is sent only while the pause and the Lease are known to hold.
     /// Results are recorded as they come; the errors are returned.
@@ -730,12 +745,14 @@ impl<'a> Reconcile<'a> {
             return Ok(Vec::new());
         }
         let requested: Vec<String> = pending.iter().map(|i| i.instance_id.clone()).collect();
+        let sent_at = unix_now();
         self.save(|_, record, _| {
             for instance in &requested {
                 if !record.snapshot_requests.contains(instance) {
                     record.snapshot_requests.push(instance.clone());
                 }
             }
+            record.snapshots_requested_at = Some(sent_at);
         })
         .await?;
         crate::crash_point!("snapshot.after-requests");
@@ -743,6 +760,7 @@ impl<'a> Reconcile<'a> {
         let already: BTreeSet<String> = self.record.snapshots.keys().cloned().collect();
         let backoff_max = self.ctx.settings.throttle_backoff_max;
         let margin = self.pause_margin();
+        let call_timeout = self.ctx.settings.create_snapshots_timeout;
         // Calls run as tasks so that recording one result never holds up the others.
         let limit = Arc::new(tokio::sync::Semaphore::new(self.ctx.settings.snapshot_concurrency.max(1)));
         let mut calls = tokio::task::JoinSet::new();
@@ -761,7 +779,9 @@ impl<'a> Reconcile<'a> {
                     async move {
                         match fenced {
                             Err(why) => Err(AwsError::Unexpected(format!("{NOT_SENT}{why}"))),
-                            Ok(()) => call.await,
+                            Ok(()) => tokio::time::timeout(call_timeout, call).await.unwrap_or_else(|_| {
+                                Err(AwsError::Transport { operation: "CreateSnapshots", message: format!("no answer within {}s", call_timeout.as_secs()) })
+                            }),
                         }
                     }
                 })

@@ -97,6 +97,11 @@ impl Operator {
 /// The operator binary as a Deployment would run it: `kubeconfig`'s identity, the stack's AWS endpoint and
 /// credentials (its "own" identity), output in `WORKDIR/<log_name>.log`; killed when dropped.
 pub fn spawn_operator_binary(stack: &Stack, kubeconfig: &Path, log_name: &str, args: &[&str]) -> tokio::process::Child {
+    spawn_operator_binary_with_env(stack, kubeconfig, log_name, args, &[])
+}
+
+/// As `spawn_operator_binary`, with extra environment variables (e.g. `FAILPOINTS`).
+pub fn spawn_operator_binary_with_env(stack: &Stack, kubeconfig: &Path, log_name: &str, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Child {
     let log = std::fs::File::create(stack.workdir.join(format!("{log_name}.log"))).expect("operator log file");
     // Cargo names the binary to integration tests only; benchmarks (examples) name it in OPERATOR_BIN.
     let binary = std::env::var("OPERATOR_BIN")
@@ -111,6 +116,7 @@ pub fn spawn_operator_binary(stack: &Stack, kubeconfig: &Path, log_name: &str, a
         .env("AWS_SECRET_ACCESS_KEY", &stack.aws_secret_access_key)
         .env("AWS_REGION", &stack.aws_region)
         .env("LOG_LEVEL", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::from(log.try_clone().expect("log file")))
         .stderr(Stdio::from(log))
         .kill_on_drop(true)
@@ -125,6 +131,7 @@ pub fn settings(stack: &Stack) -> Settings {
         quiet_wait: Duration::from_secs(30),
         poll_interval: Duration::from_millis(500),
         throttle_backoff_max: Duration::from_secs(2),
+        create_snapshots_timeout: Duration::from_secs(10),
         ..Settings::default()
     }
 }

@@ -1,0 +1,264 @@
+//! Do no harm: every way out of a backup ends with PD resumed and the data complete or removed, never
+//! another Backup's data touched. Each test holds PD exclusively and starts from no injected faults.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::e2e::{Operator, Scene, assert_pd_unchanged, pd_exclusive, pd_state, settings, settled_pd_state};
+use support::{Stack, eventually};
+use tidb_ebs_backup::api::ConditionType;
+
+/// PD as sampled every 100 ms: how many schedulers were paused and which of our safepoints were alive.
+struct Sample {
+    at: Instant,
+    paused: usize,
+    ours: BTreeSet<String>,
+}
+
+struct PdSampler {
+    samples: Arc<Mutex<Vec<Sample>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PdSampler {
+    fn start(stack: &'static Stack) -> Self {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let sink = samples.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let state = pd_state(stack).await;
+                let ours = state.safepoints.iter().filter(|s| s.starts_with("tidb-ebs-backup-")).cloned().collect();
+                sink.lock().unwrap().push(Sample { at: Instant::now(), paused: state.paused.len(), ours });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        PdSampler { samples, task }
+    }
+
+    fn stop(self) -> Vec<Sample> {
+        self.task.abort();
+        std::mem::take(&mut *self.samples.lock().unwrap())
+    }
+}
+
+fn record_of(backup: &tidb_ebs_backup::api::Backup) -> Value {
+    backup.annotations().get("tidb-ebs-backup/record").and_then(|r| serde_json::from_str(r).ok()).unwrap_or(Value::Null)
+}
+
+async fn wait_for_calls_in_flight(scene: &Scene, name: &str) {
+    let api = scene.api();
+    eventually(&format!("{name}'s CreateSnapshots to be under way"), Duration::from_secs(60), || async {
+        let backup = api.get(name).await.ok()?;
+        record_of(&backup).get("snapshotRequests").is_some().then_some(())
+    })
+    .await;
+}
+
+/// Polls PD until nothing of ours is paused; returns how long that took.
+async fn time_until_pd_resumed(stack: &'static Stack) -> Duration {
+    let started = Instant::now();
+    eventually("PD to be resumed", Duration::from_secs(120), || async {
+        let state = pd_state(stack).await;
+        (state.paused.is_empty() && !state.safepoints.iter().any(|s| s.starts_with("tidb-ebs-backup-"))).then_some(())
+    })
+    .await;
+    started.elapsed()
+}
+
+/// Deleting a paused Backup resumes PD within seconds under every clean policy, although the pause TTL
+/// is a minute: the keeper sees the Backup go and undoes the pause (before, a Retain Backup's keeper kept
+/// PD paused for as long as the process lived).
+#[tokio::test]
+async fn deleting_a_paused_backup_resumes_pd_within_seconds_under_every_clean_policy() {
+    let _pd = pd_exclusive().await;
+    let scene = Scene::new("safe-delete", 2, 1).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let emulator = scene.stack.emulator();
+    emulator.clear_faults().await;
+    let before = settled_pd_state(scene.stack).await;
+    let config = tidb_ebs_backup::backup::Settings { pause_ttl: Duration::from_secs(60), ..settings(scene.stack) };
+    let operator = Operator::start(scene.stack, &scene.namespace, config).await;
+    for policy in ["Retain", "Delete", "OnFailure"] {
+        let name = format!("delete-{}", policy.to_lowercase());
+        emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 8000, "times": 2})).await;
+        scene.apply(&scene.backup_yaml(&name, json!({"cleanPolicy": policy, "s3": {"secretName": "keys"}}), json!({}))).await;
+        wait_for_calls_in_flight(&scene, &name).await;
+        assert!(!pd_state(scene.stack).await.paused.is_empty(), "{policy}: PD is paused while the calls are in flight");
+        let output = scene.stack.kubectl(["delete", "bk", &name, "-n", &scene.namespace, "--wait=false"]).await;
+        assert!(output.status.success(), "{}", support::describe_output(&output));
+        let took = time_until_pd_resumed(scene.stack).await;
+        assert!(took < Duration::from_secs(5), "{policy}: PD resumed {took:?} after the delete (TTL 60 s)");
+        let api = scene.api();
+        eventually(&format!("{name} to be gone"), Duration::from_secs(60), || async { matches!(api.get_opt(&name).await, Ok(None)).then_some(()) }).await;
+        emulator.clear_faults().await;
+        // Nothing refreshes the pause afterwards.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = pd_state(scene.stack).await;
+        assert_pd_unchanged(&after, &before);
+    }
+    operator.stop().await;
+}
+
+/// The spec a backup started with is used to the end: changing `backupMode` and the prefix mid-pause
+/// neither strands the pause nor the finalizer, and the data lands where the backup said it would.
+#[tokio::test]
+async fn editing_the_mode_or_prefix_mid_pause_strands_nothing() {
+    let _pd = pd_exclusive().await;
+    let scene = Scene::new("safe-edit", 2, 1).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let emulator = scene.stack.emulator();
+    emulator.clear_faults().await;
+    let before = settled_pd_state(scene.stack).await;
+    let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
+    emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 3000, "times": 2})).await;
+    scene.apply(&scene.backup_yaml("edited", json!({"cleanPolicy": "Delete", "s3": {"secretName": "keys"}}), json!({}))).await;
+    wait_for_calls_in_flight(&scene, "edited").await;
+    let edit = json!({"spec": {"backupMode": "snapshot", "s3": {"prefix": "elsewhere"}}});
+    let output = scene.stack.kubectl(["patch", "bk", "edited", "-n", &scene.namespace, "--type", "merge", "-p", &edit.to_string()]).await;
+    assert!(output.status.success(), "{}", support::describe_output(&output));
+    let backup = scene.wait_phase("edited", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(90)).await;
+    assert_eq!(backup.phase(), Some(&ConditionType::Complete), "{:#?}", backup.status);
+    assert!(scene.object("edited/backupmeta").await.is_some(), "backupmeta where the backup started");
+    assert!(scene.object("elsewhere/backupmeta").await.is_none(), "nothing at the edited prefix");
+    emulator.clear_faults().await;
+    time_until_pd_resumed(scene.stack).await;
+    assert_pd_unchanged(&pd_state(scene.stack).await, &before);
+    // The Delete policy still holds: the finalizer cleans the backup's data and lets it go.
+    let uid = backup.metadata.uid.clone().unwrap();
+    scene.api().delete("edited", &Default::default()).await.unwrap();
+    let api = scene.api();
+    eventually("the edited Backup to be deleted", Duration::from_secs(60), || async { matches!(api.get_opt("edited").await, Ok(None)).then_some(()) }).await;
+    assert!(scene.snapshots_tagged(&uid).await.is_empty());
+    assert!(scene.object("edited/backupmeta").await.is_none());
+    operator.stop().await;
+}
+
+/// Backups sharing a bucket and prefix: a failed one's deletion, and a later one refused for the used
+/// prefix, leave the completed Backup's `backupmeta` and snapshots alone (before, deleting the failed
+/// one deleted everything the prefix's `backupmeta` listed).
+#[tokio::test]
+async fn backups_sharing_a_prefix_never_delete_each_others_data() {
+    let _pd = pd_exclusive().await;
+    let scene = Scene::new("safe-prefix", 2, 1).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let emulator = scene.stack.emulator();
+    emulator.clear_faults().await;
+    let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
+    let shared = |policy: &str| json!({"cleanPolicy": policy, "s3": {"secretName": "keys", "prefix": "shared"}});
+    let broken = scene.cluster.tikv[0].volumes[0].volume_id.clone();
+    emulator.set_volume_snapshot_behaviour(&broken, 0.5, "error").await;
+    scene.apply(&scene.backup_yaml("failed", shared("Delete"), json!({}))).await;
+    scene.wait_phase("failed", &[ConditionType::Failed], Duration::from_secs(60)).await;
+    emulator.set_volume_snapshot_behaviour(&broken, 0.0, "completed").await;
+
+    scene.apply(&scene.backup_yaml("good", shared("Retain"), json!({}))).await;
+    let good = scene.wait_phase("good", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(60)).await;
+    assert_eq!(good.phase(), Some(&ConditionType::Complete), "{:#?}", good.status);
+    let good_uid = good.metadata.uid.clone().unwrap();
+    let good_meta = scene.object("shared/backupmeta").await.expect("the good backup's backupmeta");
+    let good_snapshots = scene.snapshots_tagged(&good_uid).await.len();
+    assert_eq!(good_snapshots, 2);
+
+    // A third one at the same prefix is refused before anything is paused.
+    scene.apply(&scene.backup_yaml("late", shared("Delete"), json!({}))).await;
+    let late = scene.wait_phase("late", &[ConditionType::Failed, ConditionType::Complete], Duration::from_secs(60)).await;
+    let failed = late.status.clone().unwrap().conditions.into_iter().find(|c| c.type_ == ConditionType::Failed).expect("late fails");
+    assert_eq!(failed.reason.as_deref(), Some("FileExistedInExternalStorage"), "{failed:#?}");
+
+    for name in ["failed", "late"] {
+        scene.api().delete(name, &Default::default()).await.unwrap();
+        let api = scene.api();
+        eventually(&format!("{name} to be deleted"), Duration::from_secs(60), || async { matches!(api.get_opt(name).await, Ok(None)).then_some(()) }).await;
+    }
+    assert_eq!(scene.object("shared/backupmeta").await.as_deref(), Some(&good_meta[..]), "the good backup's backupmeta is untouched");
+    assert_eq!(scene.snapshots_tagged(&good_uid).await.len(), good_snapshots, "the good backup's snapshots are untouched");
+    let still = scene.api().get("good").await.unwrap();
+    assert_eq!(still.phase(), Some(&ConditionType::Complete));
+    operator.stop().await;
+}
+
+/// Two Backups of one TidbCluster in one `kubectl apply`: the API server's claim lets one pause PD at a
+/// time (PD's view, sampled every 100 ms: never two of our safepoints at once), and both complete.
+#[tokio::test]
+async fn two_backups_of_one_cluster_applied_together_pause_pd_one_at_a_time() {
+    let _pd = pd_exclusive().await;
+    let scene = Scene::new("safe-pair", 2, 1).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let emulator = scene.stack.emulator();
+    emulator.clear_faults().await;
+    let before = settled_pd_state(scene.stack).await;
+    let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
+    for round in 0..3 {
+        emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 1500, "times": 4})).await;
+        let (a, b) = (format!("pair-{round}-a"), format!("pair-{round}-b"));
+        let spec = json!({"s3": {"secretName": "keys"}});
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": [scene.backup_yaml(&b, spec.clone(), json!({})), scene.backup_yaml(&a, spec, json!({}))]});
+        let sampler = PdSampler::start(scene.stack);
+        scene.apply(&list).await;
+        for name in [&a, &b] {
+            let backup = scene.wait_phase(name, &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(120)).await;
+            assert_eq!(backup.phase(), Some(&ConditionType::Complete), "{name}: {:#?}", backup.status);
+        }
+        let samples = sampler.stop();
+        let overlapping: Vec<_> = samples.iter().filter(|s| s.ours.len() > 1).map(|s| (s.at, s.ours.clone())).collect();
+        assert!(overlapping.is_empty(), "round {round}: two backups paused PD at once: {overlapping:?}");
+        let distinct: BTreeSet<String> = samples.iter().flat_map(|s| s.ours.iter().cloned()).collect();
+        assert_eq!(distinct.len(), 2, "round {round}: both backups paused PD, one after the other: {distinct:?}");
+        assert!(samples.iter().any(|s| s.paused > 0), "round {round}: the sampler saw the pauses");
+        emulator.clear_faults().await;
+    }
+    time_until_pd_resumed(scene.stack).await;
+    assert_pd_unchanged(&pd_state(scene.stack).await, &before);
+    operator.stop().await;
+}
+
+/// Transient is not fatal: after a restart during the snapshot wait, STS failing its first calls and
+/// DescribeSnapshots 500s (an IAM-role backup), then a Secret read blip (an access-key backup whose
+/// Secret is deleted and re-created): both Backups still end `Complete` with their snapshots (before,
+/// the STS failure deleted the good set).
+#[tokio::test]
+async fn transient_failures_after_the_pause_never_delete_a_good_backup() {
+    let _pd = pd_exclusive().await;
+    let scene = Scene::new("safe-transient", 2, 1).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let emulator = scene.stack.emulator();
+    emulator.clear_faults().await;
+    for volume in scene.cluster.tikv_volume_ids() {
+        emulator.set_volume_snapshot_behaviour(&volume, 12.0, "completed").await;
+    }
+    let first = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
+    scene.apply(&scene.backup_yaml("role", json!({}), json!({"iam.amazonaws.com/role": "arn:aws:iam::123456789012:role/tidb-backup"}))).await;
+    scene.wait_phase("role", &[ConditionType::VolumeBackupSnapshotsCreated], Duration::from_secs(60)).await;
+    first.crash();
+    emulator
+        .add_faults(vec![
+            json!({"action": "AssumeRole", "status": 500, "code": "InternalFailure", "times": 6}),
+            json!({"action": "DescribeSnapshots", "status": 500, "code": "InternalError", "times": 9}),
+        ])
+        .await;
+    let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
+    let role = scene.wait_phase("role", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(120)).await;
+    assert_eq!(role.phase(), Some(&ConditionType::Complete), "{:#?}", role.status);
+    assert_eq!(scene.snapshots_tagged(role.metadata.uid.as_deref().unwrap()).await.len(), 2);
+    let sts_failures = emulator.requests(Some("AssumeRole")).await.iter().filter(|r| r["status"] == 500).count();
+    assert!(sts_failures >= 3, "STS failed {sts_failures} times and was ridden out");
+    emulator.clear_faults().await;
+
+    scene.apply(&scene.backup_yaml("keyed", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
+    scene.wait_phase("keyed", &[ConditionType::VolumeBackupSnapshotsCreated], Duration::from_secs(60)).await;
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(scene.client.clone(), &scene.namespace);
+    secrets.delete("keys", &Default::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let keyed = scene.wait_phase("keyed", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(120)).await;
+    assert_eq!(keyed.phase(), Some(&ConditionType::Complete), "{:#?}", keyed.status);
+    assert_eq!(scene.snapshots_tagged(keyed.metadata.uid.as_deref().unwrap()).await.len(), 2);
+    for volume in scene.cluster.tikv_volume_ids() {
+        emulator.set_volume_snapshot_behaviour(&volume, 0.0, "completed").await;
+    }
+    operator.stop().await;
+}

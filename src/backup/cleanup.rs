@@ -45,7 +45,8 @@ impl Reconcile<'_> {
                 }
             })
             .await?;
-        self.backup = stored;
+        let record = self.record.clone();
+        self.adopt_stored(stored, &record);
         Ok(())
     }
 

@@ -55,6 +55,16 @@ fn unix_now() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
+/// The spec recorded when the backup started replaces the live one, except `cleanPolicy` and `cleanOption`.
+fn pin_spec(backup: &mut Backup, record: &BackupRecord) {
+    if let Some(pinned) = &record.spec {
+        let (clean_policy, clean_option) = (backup.spec.clean_policy, backup.spec.clean_option.take());
+        backup.spec = pinned.clone();
+        backup.spec.clean_policy = clean_policy;
+        backup.spec.clean_option = clean_option;
+    }
+}
+
 pub(super) fn failure(reason: &str, message: impl Into<String>) -> Failure {
     Failure { reason: reason.into(), message: message.into() }
 }
@@ -65,15 +75,18 @@ impl<'a> Reconcile<'a> {
         let api = Api::namespaced(ctx.client.clone(), backup.metadata.namespace.as_deref().unwrap_or_default());
         let record = BackupRecord::of(&backup).map_err(Error::Record)?;
         if let Some(pinned) = &record.spec {
-            let (clean_policy, clean_option) = (backup.spec.clean_policy, backup.spec.clean_option.take());
             if pinned.s3 != backup.spec.s3 || pinned.backup_mode != backup.spec.backup_mode || pinned.br != backup.spec.br {
                 tracing::warn!("the spec changed after the backup started; the backup goes on with the spec it started with");
             }
-            backup.spec = pinned.clone();
-            backup.spec.clean_policy = clean_policy;
-            backup.spec.clean_option = clean_option;
         }
+        pin_spec(&mut backup, &record);
         Ok(Self { ctx, api, backup, record })
+    }
+
+    /// Takes the object the API server stored as the Backup acted on (with its recorded spec).
+    pub(super) fn adopt_stored(&mut self, mut stored: Backup, record: &BackupRecord) {
+        pin_spec(&mut stored, record);
+        self.backup = stored;
     }
 
     /// The backup's claim on its TidbCluster (one backup at a time per cluster).
@@ -165,7 +178,7 @@ impl<'a> Reconcile<'a> {
                 applied = record;
             })
             .await?;
-        self.backup = stored;
+        self.adopt_stored(stored, &applied);
         self.record = applied;
         let after = self.backup.phase().cloned();
         if after != before {

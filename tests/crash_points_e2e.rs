@@ -150,3 +150,85 @@ async fn killed_at_every_crash_point_the_operator_leaves_pd_resumed_and_one_cons
     }
     println!("crash-point matrix ({} points):\n{}", matrix.len(), matrix.join("\n"));
 }
+
+/// The soak (not in CI: `scripts/soak-crash`): a 30-store × 2-volume backup, the operator SIGKILLed at a
+/// random moment and restarted, `SOAK_RUNS` times (default 10). Prints runs, stuck pauses, orphans,
+/// duplicate sets and foreign deletions, and fails unless the last four are all 0.
+#[tokio::test]
+#[ignore = "soak: run by scripts/soak-crash"]
+async fn soak_kill_at_random_moments_of_a_30_store_backup() {
+    let runs: usize = std::env::var("SOAK_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let _pd = pd_exclusive().await;
+    let scene = Scene::new("soak", 30, 2).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let emulator = scene.stack.emulator();
+    emulator.clear_faults().await;
+    // Latency like AWS's, so the kill lands in every phase, the calls included.
+    emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 400, "times": -1})).await;
+    let before = settled_pd_state(scene.stack).await;
+    let volumes = scene.cluster.tikv_volume_ids().len();
+    let (mut stuck, mut orphans, mut duplicates, mut foreign) = (0, 0, 0, 0);
+    let mut kept: BTreeMap<String, usize> = BTreeMap::new();
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    for run in 0..runs {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let kill_after = Duration::from_millis(seed % 6000);
+        let name = format!("soak-{run:03}");
+        let args = [
+            "--namespace", &scene.namespace, "--lease-namespace", &scene.namespace, "--leader-election", "false",
+            "--pd-url-template", &scene.stack.pd_url, "--pause-ttl-seconds", "12", "--poll-interval-seconds", "1", "--metrics-addr", "127.0.0.1:0",
+            "--create-snapshots-timeout-seconds", "5",
+        ];
+        let mut first = spawn_operator_binary_with_env(scene.stack, &scene.stack.kubeconfig, &format!("{name}-a"), &args, &[]);
+        scene.apply(&scene.backup_yaml(&name, json!({"s3": {"secretName": "keys"}}), json!({}))).await;
+        tokio::time::sleep(kill_after).await;
+        first.start_kill().unwrap();
+        let _ = first.wait().await;
+        let mut second = spawn_operator_binary_with_env(scene.stack, &scene.stack.kubeconfig, &format!("{name}-b"), &args, &[]);
+        let backup = scene.wait_phase(&name, &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(180)).await;
+        let phase = backup.phase().cloned().unwrap();
+        *outcomes.entry(format!("{phase:?}")).or_default() += 1;
+        let clean = tokio::time::timeout(Duration::from_secs(TTL_SECONDS + 5), async {
+            loop {
+                let now = pd_state(scene.stack).await;
+                if now == before {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        stuck += usize::from(clean.is_err());
+        let uid = backup.metadata.uid.clone().unwrap();
+        let snapshots = scene.snapshots_tagged(&uid).await;
+        let per_volume = snapshots.iter().fold(BTreeMap::<String, usize>::new(), |mut m, s| {
+            *m.entry(s.volume_id().unwrap_or_default().to_string()).or_default() += 1;
+            m
+        });
+        duplicates += per_volume.values().filter(|n| **n > 1).count();
+        let tagged: BTreeSet<String> = snapshots.iter().filter_map(|s| s.snapshot_id().map(String::from)).collect();
+        if phase == ConditionType::Complete {
+            let meta: Value = serde_json::from_slice(&scene.object(&format!("{name}/backupmeta")).await.unwrap_or_default()).unwrap_or(Value::Null);
+            let listed: BTreeSet<String> = tidb_ebs_backup::backup::meta::snapshot_ids_in_meta(&meta).into_iter().collect();
+            orphans += tagged.difference(&listed).count();
+            assert_eq!(listed.len(), volumes, "{name}: a complete backup lists every volume");
+            kept.insert(uid.clone(), tagged.len());
+        } else {
+            orphans += tagged.len();
+        }
+        for (other, count) in &kept {
+            if scene.snapshots_tagged(other).await.len() != *count {
+                foreign += 1;
+            }
+        }
+        println!("run {run}: killed after {:>4} ms -> {phase:?}", kill_after.as_millis());
+        second.start_kill().unwrap();
+        let _ = second.wait().await;
+    }
+    emulator.clear_faults().await;
+    println!("soak: {runs} runs, outcomes {outcomes:?}, stuck pauses {stuck}, orphans {orphans}, duplicate sets {duplicates}, foreign deletions {foreign}");
+    assert_eq!((stuck, orphans, duplicates, foreign), (0, 0, 0, 0));
+}

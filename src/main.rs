@@ -34,6 +34,10 @@ struct Args {
     /// its predecessor to land before it looks them up by tag.
     #[arg(long, env = "CREATE_SNAPSHOTS_TIMEOUT_SECONDS", default_value_t = 30)]
     create_snapshots_timeout_seconds: u64,
+    /// How often the active replica looks for orphan snapshots (tagged by this operator, Backup gone,
+    /// listed in no backupmeta) and reports them in /metrics and the log.
+    #[arg(long, env = "ORPHAN_SCAN_INTERVAL_SECONDS", default_value_t = 600)]
+    orphan_scan_interval_seconds: u64,
     /// How often pending snapshots are polled.
     #[arg(long, env = "POLL_INTERVAL_SECONDS", default_value_t = 5)]
     poll_interval_seconds: u64,
@@ -85,6 +89,7 @@ async fn main() -> anyhow_free::Result {
         poll_interval: Duration::from_secs(args.poll_interval_seconds),
         claim_namespace: args.lease_namespace.clone(),
         create_snapshots_timeout: Duration::from_secs(args.create_snapshots_timeout_seconds.max(1)),
+        orphan_scan_interval: Duration::from_secs(args.orphan_scan_interval_seconds.max(10)),
         ..Settings::default()
     };
     let metrics = Arc::new(Metrics::default());

@@ -262,3 +262,50 @@ async fn transient_failures_after_the_pause_never_delete_a_good_backup() {
     }
     operator.stop().await;
 }
+
+/// Orphans are reported, never silently kept: a `Retain` Backup deleted while its CreateSnapshots calls
+/// were in flight leaves snapshots that no Backup and no `backupmeta` owns; the scan names them (and the
+/// running operator counts them in /metrics), while a completed Retain Backup deleted afterwards keeps
+/// its snapshots without being reported (its `backupmeta` lists them).
+#[tokio::test]
+async fn orphan_snapshots_are_reported_and_retained_backups_are_not() {
+    let _pd = pd_exclusive().await;
+    let scene = Scene::new("safe-orphan", 2, 1).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let emulator = scene.stack.emulator();
+    emulator.clear_faults().await;
+    let config = tidb_ebs_backup::backup::Settings { orphan_scan_interval: Duration::from_secs(2), ..settings(scene.stack) };
+    let operator = Operator::start(scene.stack, &scene.namespace, config).await;
+    scene.apply(&scene.backup_yaml("kept", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
+    let kept = scene.wait_phase("kept", &[ConditionType::Complete], Duration::from_secs(60)).await;
+    emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 4000, "times": 2})).await;
+    scene.apply(&scene.backup_yaml("dropped", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
+    wait_for_calls_in_flight(&scene, "dropped").await;
+    let dropped = scene.api().get("dropped").await.unwrap();
+    for name in ["dropped", "kept"] {
+        scene.api().delete(name, &Default::default()).await.unwrap();
+    }
+    let dropped_uid = dropped.metadata.uid.clone().unwrap();
+    let left = eventually("the in-flight calls to land", Duration::from_secs(30), || async {
+        Some(scene.snapshots_tagged(&dropped_uid).await).filter(|s| s.len() == 2)
+    })
+    .await;
+    let connectors = tidb_ebs_backup::backup::context::RealConnectors::new(tidb_ebs_backup::aws::AwsSettings { base: scene.stack.aws_config().await });
+    let (empty, _) = kube::runtime::reflector::store::<tidb_ebs_backup::api::Backup>();
+    let orphans = tidb_ebs_backup::backup::orphans::scan(&scene.client, &connectors, &empty).await.unwrap();
+    let ours = orphans.iter().find(|o| o.uid == dropped_uid).unwrap_or_else(|| panic!("the dropped backup's snapshots are reported: {orphans:?}"));
+    let mut expected: Vec<String> = left.iter().filter_map(|s| s.snapshot_id().map(String::from)).collect();
+    expected.sort();
+    assert_eq!(ours.snapshots, expected);
+    assert_eq!(ours.backup, format!("{}/dropped", scene.namespace));
+    let kept_uid = kept.metadata.uid.clone().unwrap();
+    assert!(!orphans.iter().any(|o| o.uid == kept_uid), "a retained complete backup is not an orphan: {orphans:?}");
+    assert_eq!(scene.snapshots_tagged(&kept_uid).await.len(), 2, "and its snapshots are kept");
+    eventually("the operator to count orphans", Duration::from_secs(20), || async {
+        let text = operator.metrics.encode();
+        text.lines().any(|l| l.starts_with("tidb_ebs_backup_orphan_snapshots ") && !l.ends_with(" 0")).then_some(())
+    })
+    .await;
+    emulator.clear_faults().await;
+    operator.stop().await;
+}

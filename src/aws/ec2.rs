@@ -21,6 +21,17 @@ impl Ec2Snapshots {
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         Self { ec2: aws_sdk_ec2::Client::new(config), ebs: aws_sdk_ebs::Client::new(config) }
     }
+
+    /// This account's snapshots matching `filter`, every page.
+    async fn snapshots_matching(&self, filter: Filter) -> Result<Vec<SnapshotInfo>> {
+        let mut pages = self.ec2.describe_snapshots().owner_ids("self").filters(filter).max_results(1000).into_paginator().send();
+        let mut snapshots = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
+            snapshots.extend(page.snapshots().iter().map(to_info));
+        }
+        Ok(snapshots)
+    }
 }
 
 fn to_info(snapshot: &Snapshot) -> SnapshotInfo {
@@ -173,20 +184,11 @@ impl Snapshots for Ec2Snapshots {
     }
 
     async fn find_snapshots_by_tag(&self, key: &str, value: &str) -> Result<Vec<SnapshotInfo>> {
-        let mut pages = self
-            .ec2
-            .describe_snapshots()
-            .owner_ids("self")
-            .filters(Filter::builder().name(format!("tag:{key}")).values(value).build())
-            .max_results(1000)
-            .into_paginator()
-            .send();
-        let mut snapshots = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
-            snapshots.extend(page.snapshots().iter().map(to_info));
-        }
-        Ok(snapshots)
+        self.snapshots_matching(Filter::builder().name(format!("tag:{key}")).values(value).build()).await
+    }
+
+    async fn find_snapshots_with_tag_key(&self, key: &str) -> Result<Vec<SnapshotInfo>> {
+        self.snapshots_matching(Filter::builder().name("tag-key").values(key).build()).await
     }
 
     async fn completed_snapshots_of_volume(&self, volume_id: &str) -> Result<Vec<SnapshotInfo>> {

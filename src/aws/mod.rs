@@ -152,6 +152,8 @@ pub trait Snapshots: Send + Sync {
     async fn describe_snapshots(&self, snapshot_ids: &[String]) -> Result<Vec<SnapshotInfo>>;
     /// Snapshots owned by this account carrying tag `key=value`.
     async fn find_snapshots_by_tag(&self, key: &str, value: &str) -> Result<Vec<SnapshotInfo>>;
+    /// Snapshots owned by this account carrying tag `key`, whatever its value.
+    async fn find_snapshots_with_tag_key(&self, key: &str) -> Result<Vec<SnapshotInfo>>;
     /// Completed snapshots of a volume, oldest first.
     async fn completed_snapshots_of_volume(&self, volume_id: &str) -> Result<Vec<SnapshotInfo>>;
     /// Deletes a snapshot; one that no longer exists counts as deleted.

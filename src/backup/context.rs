@@ -35,6 +35,8 @@ pub struct Settings {
     pub claim_namespace: String,
     /// How long one CreateSnapshots call may take before it is given up (and looked up by tag).
     pub create_snapshots_timeout: Duration,
+    /// How often the leader looks for orphan snapshots (see `orphans`).
+    pub orphan_scan_interval: Duration,
 }
 
 impl Default for Settings {
@@ -51,6 +53,7 @@ impl Default for Settings {
             transient_limit: Duration::from_secs(600),
             claim_namespace: "default".into(),
             create_snapshots_timeout: Duration::from_secs(30),
+            orphan_scan_interval: Duration::from_secs(600),
         }
     }
 }

@@ -161,6 +161,7 @@ pub struct KeeperJob {
     pub claim: ClusterClaim,
     pub metrics: Arc<Metrics>,
     pub cache: Store<Backup>,
+    pub recorder: kube::runtime::events::Recorder,
 }
 
 #[derive(Debug)]
@@ -214,6 +215,7 @@ impl KeeperJob {
         let interval = Duration::from_secs((self.pause.ttl_seconds / 3).max(1));
         let retry = Duration::from_secs(2).min(interval);
         let mut next_refresh = Instant::now();
+        let mut failing = false;
         self.metrics.keeper_started();
         let why = loop {
             if !self.fence.held() {
@@ -250,7 +252,20 @@ impl KeeperJob {
                 Wanted::Unknown(e) => tracing::warn!(backup = %self.name, error = %e, "cannot read the Backup; keeping the pause within its window"),
             }
             if due {
-                next_refresh = self.refresh(&guard).await.map_or(Instant::now() + retry, |started| started + interval);
+                match self.refresh(&guard).await {
+                    Ok(started) => {
+                        failing = false;
+                        next_refresh = started + interval;
+                    }
+                    Err(e) => {
+                        if !failing {
+                            // Said once per run of failures, on the Backup itself.
+                            self.warn(&format!("refreshing the PD pause failed ({e}); retrying every {}s, PD keeps the pause for {}s from the last refresh", retry.as_secs(), self.pause.ttl_seconds)).await;
+                        }
+                        failing = true;
+                        next_refresh = Instant::now() + retry;
+                    }
+                }
             }
             let pause_for = next_refresh.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
             tokio::time::sleep(pause_for).await;
@@ -259,8 +274,22 @@ impl KeeperJob {
         self.metrics.keeper_stopped(why);
     }
 
+    async fn warn(&self, note: &str) {
+        let Ok(Some(backup)) = self.api.get_opt(&self.name).await else { return };
+        let event = kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: "PauseRefreshFailed".into(),
+            note: Some(note.chars().take(1024).collect()),
+            action: "KeepPaused".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &backup.object_ref(&())).await {
+            tracing::warn!(error = %e, "publishing an Event failed");
+        }
+    }
+
     /// One refresh; the instant it started when PD took it.
-    async fn refresh(&self, guard: &PauseGuard) -> Option<Instant> {
+    async fn refresh(&self, guard: &PauseGuard) -> Result<Instant, PdError> {
         let started = Instant::now();
         let started_wall = unix_now();
         match apply_pause(self.pd.as_ref(), &self.pause).await {
@@ -276,12 +305,12 @@ impl KeeperJob {
                 if let Err(e) = self.claim.renew().await {
                     tracing::warn!(backup = %self.name, error = %e, "renewing the cluster claim failed");
                 }
-                Some(started)
+                Ok(started)
             }
             Err(e) => {
                 self.metrics.pause_refreshed(false);
                 tracing::warn!(backup = %self.name, error = %e, "refreshing the PD pause failed; retrying shortly");
-                None
+                Err(e)
             }
         }
     }

@@ -11,6 +11,9 @@ pub const TAG_BACKUP_UID: &str = "tidb-ebs-backup/backup-uid";
 pub const TAG_BACKUP: &str = "tidb-ebs-backup/backup";
 pub const TAG_CLUSTER: &str = "tidb-ebs-backup/cluster";
 pub const TAG_INSTANCE: &str = "tidb-ebs-backup/instance";
+/// `bucket/prefix` of the backup's `backupmeta`, so snapshots whose Backup is gone can still be checked
+/// against it (left out when longer than EC2's 256-character tag values).
+pub const TAG_LOCATION: &str = "tidb-ebs-backup/location";
 /// The tag BR puts on its snapshots; kept so tooling that looks for BR snapshots finds ours too.
 pub const TAG_BR: &str = "TiDBCluster-BR-Snapshot";
 
@@ -27,14 +30,19 @@ pub fn snapshot_tags(backup: &Backup, plan: &SnapshotPlan, instance_id: &str) ->
         .filter(|s| plan.instances.iter().any(|i| i.instance_id == instance_id && s.volumes.iter().any(|v| i.volume_ids.contains(&v.volume_id))))
         .map(|s| s.store_id.to_string())
         .collect();
-    vec![
+    let location = backup.spec.s3.as_ref().and_then(|s3| s3.bucket_and_prefix()).map(|(bucket, prefix)| format!("{bucket}/{prefix}"));
+    let mut tags = vec![
         (TAG_BACKUP_UID.into(), uid),
         (TAG_BACKUP.into(), format!("{namespace}/{name}")),
         (TAG_CLUSTER.into(), format!("{}/{}", plan.cluster_namespace, plan.cluster)),
         (TAG_INSTANCE.into(), instance_id.into()),
         ("tidb-ebs-backup/store-id".into(), stores.join(",")),
         (TAG_BR.into(), "new".into()),
-    ]
+    ];
+    if let Some(location) = location.filter(|l| l.len() <= 256) {
+        tags.push((TAG_LOCATION.into(), location));
+    }
+    tags
 }
 
 /// Kubernetes objects as `backupmeta` records them: no status, no managedFields, no resourceVersion.

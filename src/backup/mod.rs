@@ -6,6 +6,7 @@ pub mod context;
 pub mod keeper;
 pub mod machine;
 pub mod meta;
+pub mod orphans;
 pub mod ownership;
 pub mod queue;
 pub mod record;
@@ -112,12 +113,19 @@ pub async fn run(
         settings,
         connectors,
         writer: Arc::new(crate::k8s::StatusWriter::new()),
-        recorder: kube::runtime::events::Recorder::new(client, reporter),
+        recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
         backups: controller.store(),
         keepers: Default::default(),
         metrics: metrics.clone(),
         fence,
     });
+    let orphan_scan = tokio::spawn(orphans::scan_forever(
+        client.clone(),
+        ctx.connectors.clone(),
+        controller.store(),
+        metrics.clone(),
+        ctx.settings.orphan_scan_interval,
+    ));
     let store = controller.store();
     let ready = metrics.clone();
     tokio::spawn(async move {
@@ -144,5 +152,6 @@ pub async fn run(
         _ = controller => {}
         _ = shutdown => tracing::info!("shutting down; in-flight work is dropped and resumes from its record"),
     }
+    orphan_scan.abort();
 }
 

@@ -667,6 +667,7 @@ impl<'a> Reconcile<'a> {
             claim: self.claim(),
             metrics: self.ctx.metrics.clone(),
             cache: self.ctx.backups.clone(),
+            recorder: self.ctx.recorder.clone(),
         }))
     }
 

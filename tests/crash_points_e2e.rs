@@ -219,11 +219,8 @@ async fn soak_kill_at_random_moments_of_a_30_store_backup() {
         } else {
             orphans += tagged.len();
         }
-        for (other, count) in &kept {
-            if scene.snapshots_tagged(other).await.len() != *count {
-                foreign += 1;
-            }
-        }
+        let now_tagged = snapshots_per_backup(&scene).await;
+        foreign += kept.iter().filter(|(other, count)| now_tagged.get(*other) != Some(*count)).count();
         println!("run {run}: killed after {:>4} ms -> {phase:?}", kill_after.as_millis());
         second.start_kill().unwrap();
         let _ = second.wait().await;
@@ -231,4 +228,18 @@ async fn soak_kill_at_random_moments_of_a_30_store_backup() {
     emulator.clear_faults().await;
     println!("soak: {runs} runs, outcomes {outcomes:?}, stuck pauses {stuck}, orphans {orphans}, duplicate sets {duplicates}, foreign deletions {foreign}");
     assert_eq!((stuck, orphans, duplicates, foreign), (0, 0, 0, 0));
+}
+
+/// Snapshot counts per backup uid, in one listing.
+async fn snapshots_per_backup(scene: &Scene) -> BTreeMap<String, usize> {
+    let ec2 = scene.stack.ec2_client().await;
+    let filter = aws_sdk_ec2::types::Filter::builder().name("tag-key").values(tidb_ebs_backup::backup::meta::TAG_BACKUP_UID).build();
+    let reply = ec2.describe_snapshots().owner_ids("self").filters(filter).send().await.unwrap();
+    let mut counts = BTreeMap::new();
+    for snapshot in reply.snapshots() {
+        if let Some(uid) = snapshot.tags().iter().find(|t| t.key() == Some(tidb_ebs_backup::backup::meta::TAG_BACKUP_UID)).and_then(|t| t.value()) {
+            *counts.entry(uid.to_string()).or_default() += 1;
+        }
+    }
+    counts
 }

@@ -309,3 +309,50 @@ async fn orphan_snapshots_are_reported_and_retained_backups_are_not() {
     emulator.clear_faults().await;
     operator.stop().await;
 }
+
+/// The operator killed while its CreateSnapshots calls are in flight (8 s each, TTL 12 s) and restarted
+/// 5 s later: the new keeper refreshes at once, so PD is never seen unpaused between the first pause and
+/// the resume (sampled every 100 ms: one unbroken pause), the new process waits for the old calls to land
+/// and adopts them, and one snapshot set per instance is kept (before, the new keeper waited a third of
+/// the TTL and the pause lapsed while calls were in flight).
+#[tokio::test]
+async fn an_operator_restarted_mid_calls_keeps_pd_paused_without_a_gap_and_snapshots_once() {
+    let _pd = pd_exclusive().await;
+    let scene = Scene::new("safe-restart", 2, 1).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let emulator = scene.stack.emulator();
+    emulator.clear_faults().await;
+    let before = settled_pd_state(scene.stack).await;
+    let config = || tidb_ebs_backup::backup::Settings { pause_ttl: Duration::from_secs(12), ..settings(scene.stack) };
+    emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 8000, "times": 2})).await;
+    emulator.clear_requests().await;
+    let sampler = PdSampler::start(scene.stack);
+    let first = Operator::start(scene.stack, &scene.namespace, config()).await;
+    scene.apply(&scene.backup_yaml("restarted", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
+    wait_for_calls_in_flight(&scene, "restarted").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    first.crash();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let second = Operator::start(scene.stack, &scene.namespace, config()).await;
+    let backup = scene.wait_phase("restarted", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(90)).await;
+    assert_eq!(backup.phase(), Some(&ConditionType::Complete), "{:#?}", backup.status);
+    let samples = sampler.stop();
+    let paused: Vec<bool> = samples.iter().map(|s| s.paused > 0).collect();
+    let first_paused = paused.iter().position(|p| *p).expect("PD was seen paused");
+    let resumed = paused[first_paused..].iter().position(|p| !*p).map(|i| first_paused + i).expect("PD was seen resumed");
+    assert!(!paused[resumed..].iter().any(|p| *p), "one unbroken pause, not two: {paused:?}");
+    let pause_seconds = samples[resumed].at.duration_since(samples[first_paused].at).as_secs_f64();
+    assert!(pause_seconds > 8.0, "the pause covered the 8 s calls: {pause_seconds:.1}s");
+    let ours: Vec<_> = emulator
+        .requests(Some("CreateSnapshots"))
+        .await
+        .into_iter()
+        .filter(|r| r["status"] == 200)
+        .filter(|r| r["volume_ids"].as_array().is_some_and(|v| v.iter().any(|id| scene.cluster.tikv_volume_ids().iter().any(|t| id == t.as_str()))))
+        .collect();
+    assert_eq!(ours.len(), scene.cluster.tikv.len(), "one successful CreateSnapshots per instance: {ours:#?}");
+    assert_eq!(scene.snapshots_tagged(backup.metadata.uid.as_deref().unwrap()).await.len(), 2);
+    emulator.clear_faults().await;
+    assert_pd_unchanged(&pd_state(scene.stack).await, &before);
+    second.stop().await;
+}

@@ -58,10 +58,10 @@ pub async fn undo_pause(pd: &dyn Pd, pause: &PauseRecord) -> Result<(), String> 
             }
         }
     }
-    if !pause.original_config.is_empty() {
-        if let Err(e) = pd.set_config_with_ttl(&pause.original_config, 0).await {
-            errors.push(format!("restoring schedule config: {e}"));
-        }
+    if !pause.original_config.is_empty()
+        && let Err(e) = pd.set_config_with_ttl(&pause.original_config, 0).await
+    {
+        errors.push(format!("restoring schedule config: {e}"));
     }
     if let Err(e) = pd.update_service_safepoint(&pause.service_safepoint_id, 0, 0).await {
         errors.push(format!("removing the service GC safepoint: {e}"));
@@ -294,10 +294,10 @@ impl KeeperJob {
         let started_wall = unix_now();
         match apply_pause(self.pd.as_ref(), &self.pause).await {
             Ok(update) => {
-                if let (Some(update), Some(safepoint)) = (update, self.pause.safepoint) {
-                    if update.min_safe_point > safepoint {
-                        guard.lapse(format!("PD's GC safepoint {} ({}) moved past ours ({safepoint})", update.min_safe_point, update.min_service_id));
-                    }
+                if let (Some(update), Some(safepoint)) = (update, self.pause.safepoint)
+                    && update.min_safe_point > safepoint
+                {
+                    guard.lapse(format!("PD's GC safepoint {} ({}) moved past ours ({safepoint})", update.min_safe_point, update.min_service_id));
                 }
                 guard.confirmed(started);
                 self.metrics.pause_refreshed(true);
@@ -343,9 +343,12 @@ impl KeeperJob {
     }
 }
 
+/// A running keeper and what it knows of its pause.
+type Running = (JoinHandle<()>, Arc<PauseGuard>);
+
 #[derive(Default)]
 pub struct Keepers {
-    running: Mutex<HashMap<String, (JoinHandle<()>, Arc<PauseGuard>)>>,
+    running: Mutex<HashMap<String, Running>>,
 }
 
 impl Drop for Keepers {

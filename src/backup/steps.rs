@@ -74,10 +74,10 @@ impl<'a> Reconcile<'a> {
     pub fn new(ctx: &'a Context, mut backup: Backup) -> Result<Self> {
         let api = Api::namespaced(ctx.client.clone(), backup.metadata.namespace.as_deref().unwrap_or_default());
         let record = BackupRecord::of(&backup).map_err(Error::Record)?;
-        if let Some(pinned) = &record.spec {
-            if pinned.s3 != backup.spec.s3 || pinned.backup_mode != backup.spec.backup_mode || pinned.br != backup.spec.br {
-                tracing::warn!("the spec changed after the backup started; the backup goes on with the spec it started with");
-            }
+        if let Some(pinned) = &record.spec
+            && (pinned.s3 != backup.spec.s3 || pinned.backup_mode != backup.spec.backup_mode || pinned.br != backup.spec.br)
+        {
+            tracing::warn!("the spec changed after the backup started; the backup goes on with the spec it started with");
         }
         pin_spec(&mut backup, &record);
         Ok(Self { ctx, api, backup, record })
@@ -594,11 +594,23 @@ impl<'a> Reconcile<'a> {
         };
         // Recorded before PD is touched: whatever happens next, a restart knows what to undo.
         let intent = pause.clone();
+        let mut stale = false;
         self.save(|status, record, now| {
+            // Decided from what the cache showed; the write may land on a newer record (a conflict retry
+            // re-runs this on the stored one). A pause already taken is never redone: a second resolved ts
+            // would not match the snapshots.
+            stale = record.pause.as_ref().is_some_and(|p| p.safepoint.is_some()) || record.all_snapshots_created() || record.resumed || record.failure.is_some();
+            if stale {
+                return;
+            }
             record.pause = Some(intent.clone());
             set_condition(status, NewCondition::truthy(ConditionType::Running).because("PausingScheduling", "pausing PD scheduling and GC"), now);
         })
         .await?;
+        if stale {
+            tracing::info!("the pause was decided on a stale view of the Backup; going on from the stored record");
+            return Ok(Outcome::Continue);
+        }
         crate::crash_point!("pause.after-intent");
         if let Err(e) = apply_pause(pd.as_ref(), &pause).await {
             return self.fail(failure("PDPauseFailed", format!("pausing PD scheduling: {e}"))).await;
@@ -711,10 +723,10 @@ impl<'a> Reconcile<'a> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            if !self.record.snapshot_requests.is_empty() {
-                if let Err(e) = self.adopt_snapshots_by_tag(&aws).await? {
-                    return self.fail(failure(e.reason(), format!("looking up this backup's snapshots: {e}"))).await;
-                }
+            if !self.record.snapshot_requests.is_empty()
+                && let Err(e) = self.adopt_snapshots_by_tag(&aws).await?
+            {
+                return self.fail(failure(e.reason(), format!("looking up this backup's snapshots: {e}"))).await;
             }
             let errors = self.send_create_snapshots(&aws, &guard, deadline).await?;
             let Some((instance, e)) = errors.into_iter().next() else { break };

@@ -148,7 +148,10 @@ async fn killed_at_every_crash_point_the_operator_leaves_pd_resumed_and_one_cons
             emulator.set_volume_snapshot_behaviour(broken, 0.0, "completed").await;
         }
     }
-    println!("crash-point matrix ({} points):\n{}", matrix.len(), matrix.join("\n"));
+    let printed = format!("crash-point matrix ({} points):\n{}\n", matrix.len(), matrix.join("\n"));
+    println!("{printed}");
+    // scripts/test prints it after the suites (cargo keeps a passing test's output to itself).
+    std::fs::write(scene.stack.workdir.join("crash-matrix.txt"), printed).unwrap();
 }
 
 /// The soak (not in CI: `scripts/soak-crash`): a 30-store × 2-volume backup, the operator SIGKILLed at a

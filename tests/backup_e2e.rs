@@ -164,12 +164,7 @@ async fn a_restarted_operator_continues_without_snapshotting_twice() {
     let before = settled_pd_state(scene.stack).await;
     let first = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
     scene.apply(&scene.backup_yaml("restart", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
-    let api = scene.api();
-    eventually("CreateSnapshots to be under way", Duration::from_secs(60), || async {
-        let backup = api.get("restart").await.ok()?;
-        backup.annotations().get("tidb-ebs-backup/record")?.contains("snapshotRequests").then_some(())
-    })
-    .await;
+    scene.wait_for_calls_in_flight("restart").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     first.crash();
     // AWS finishes the calls the crashed operator made; the next operator must find those snapshots.
@@ -180,12 +175,7 @@ async fn a_restarted_operator_continues_without_snapshotting_twice() {
     let second = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
     let backup = assert_completed(&scene, "restart", &before).await;
     let uid = backup.metadata.uid.clone().unwrap();
-    let calls = emulator.requests(Some("CreateSnapshots")).await;
-    let ours: Vec<_> = calls
-        .iter()
-        .filter(|r| r["status"] == 200)
-        .filter(|r| r["volume_ids"].as_array().is_some_and(|v| v.iter().any(|id| scene.cluster.tikv_volume_ids().iter().any(|t| id == t.as_str()))))
-        .collect();
+    let ours = scene.successful_create_snapshots().await;
     assert_eq!(ours.len(), scene.cluster.tikv.len(), "one CreateSnapshots per instance across both operators: {ours:#?}");
     assert_eq!(scene.snapshots_tagged(&uid).await.len(), scene.cluster.tikv_volume_ids().len(), "no volume snapshotted twice");
     second.stop().await;
@@ -280,12 +270,7 @@ async fn backup_losing_pd_mid_calls(scene: &Scene, name: &str, delay_ms: u64) ->
     config.pause_ttl = Duration::from_secs(6);
     let operator = Operator::start(scene.stack, &scene.namespace, config).await;
     scene.apply(&scene.backup_yaml(name, json!({"s3": {"secretName": "keys"}}), json!({}))).await;
-    let api = scene.api();
-    eventually("CreateSnapshots to be under way", Duration::from_secs(60), || async {
-        let backup = api.get(name).await.ok()?;
-        backup.annotations().get("tidb-ebs-backup/record")?.contains("snapshotRequests").then_some(())
-    })
-    .await;
+    scene.wait_for_calls_in_flight(name).await;
     relay.cut();
     let backup = scene.wait_phase(name, &[ConditionType::Failed, ConditionType::Complete], Duration::from_secs(90)).await;
     // Nobody refreshes the pause any more: PD lets it go within the TTL.

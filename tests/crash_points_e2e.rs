@@ -112,10 +112,7 @@ async fn killed_at_every_crash_point_the_operator_leaves_pd_resumed_and_one_cons
         let resumed_after = settle.elapsed();
         assert_pd_unchanged(&pd_state(scene.stack).await, &before);
         let snapshots = scene.snapshots_tagged(&uid).await;
-        let per_volume = snapshots.iter().fold(BTreeMap::<String, usize>::new(), |mut m, s| {
-            *m.entry(s.volume_id().unwrap_or_default().to_string()).or_default() += 1;
-            m
-        });
+        let per_volume = per_volume(&snapshots);
         assert!(per_volume.values().all(|n| *n == 1), "{point}: at most one snapshot per volume: {per_volume:?}");
         let outcome = match phase {
             ConditionType::Complete => {
@@ -207,10 +204,7 @@ async fn soak_kill_at_random_moments_of_a_30_store_backup() {
         stuck += usize::from(clean.is_err());
         let uid = backup.metadata.uid.clone().unwrap();
         let snapshots = scene.snapshots_tagged(&uid).await;
-        let per_volume = snapshots.iter().fold(BTreeMap::<String, usize>::new(), |mut m, s| {
-            *m.entry(s.volume_id().unwrap_or_default().to_string()).or_default() += 1;
-            m
-        });
+        let per_volume = per_volume(&snapshots);
         duplicates += per_volume.values().filter(|n| **n > 1).count();
         let tagged: BTreeSet<String> = snapshots.iter().filter_map(|s| s.snapshot_id().map(String::from)).collect();
         if phase == ConditionType::Complete {
@@ -245,4 +239,12 @@ async fn snapshots_per_backup(scene: &Scene) -> BTreeMap<String, usize> {
         }
     }
     counts
+}
+
+/// How many snapshots each volume has.
+fn per_volume(snapshots: &[aws_sdk_ec2::types::Snapshot]) -> BTreeMap<String, usize> {
+    snapshots.iter().fold(BTreeMap::new(), |mut m, s| {
+        *m.entry(s.volume_id().unwrap_or_default().to_string()).or_default() += 1;
+        m
+    })
 }

@@ -101,12 +101,7 @@ async fn a_lease_stolen_mid_create_snapshots_yields_one_snapshot_set_and_no_seco
     emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 8000, "times": 2})).await;
     emulator.clear_requests().await;
     scene.apply(&scene.backup_yaml("stolen", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
-    let api = scene.api();
-    eventually("CreateSnapshots to be under way", Duration::from_secs(60), || async {
-        let backup = api.get("stolen").await.ok()?;
-        backup.annotations().get("tidb-ebs-backup/record")?.contains("snapshotRequests").then_some(())
-    })
-    .await;
+    scene.wait_for_calls_in_flight("stolen").await;
     let steal = json!({"spec": {"holderIdentity": "op-b"}});
     let output = scene.stack.kubectl(["patch", "lease", "tidb-ebs-backup", "-n", &scene.namespace, "--type", "merge", "-p", &steal.to_string()]).await;
     assert!(output.status.success(), "{}", support::describe_output(&output));
@@ -115,13 +110,7 @@ async fn a_lease_stolen_mid_create_snapshots_yields_one_snapshot_set_and_no_seco
     assert!(!exit.success(), "{exit}");
     let done = scene.wait_phase("stolen", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(120)).await;
     assert_eq!(done.phase(), Some(&ConditionType::Complete), "{:#?}", done.status);
-    let ours: Vec<_> = emulator
-        .requests(Some("CreateSnapshots"))
-        .await
-        .into_iter()
-        .filter(|r| r["status"] == 200)
-        .filter(|r| r["volume_ids"].as_array().is_some_and(|v| v.iter().any(|id| scene.cluster.tikv_volume_ids().iter().any(|t| id == t.as_str()))))
-        .collect();
+    let ours = scene.successful_create_snapshots().await;
     assert_eq!(ours.len(), scene.cluster.tikv.len(), "one successful CreateSnapshots per instance across both leaders: {ours:#?}");
     let uid = done.metadata.uid.clone().unwrap();
     let tagged: std::collections::BTreeSet<String> = scene.snapshots_tagged(&uid).await.iter().filter_map(|s| s.snapshot_id().map(String::from)).collect();

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::e2e::{Operator, Scene, assert_pd_unchanged, pd_exclusive, pd_state, settings, settled_pd_state};
 use support::{Stack, eventually};
 use tidb_ebs_backup::api::ConditionType;
@@ -45,19 +45,6 @@ impl PdSampler {
     }
 }
 
-fn record_of(backup: &tidb_ebs_backup::api::Backup) -> Value {
-    backup.annotations().get("tidb-ebs-backup/record").and_then(|r| serde_json::from_str(r).ok()).unwrap_or(Value::Null)
-}
-
-async fn wait_for_calls_in_flight(scene: &Scene, name: &str) {
-    let api = scene.api();
-    eventually(&format!("{name}'s CreateSnapshots to be under way"), Duration::from_secs(60), || async {
-        let backup = api.get(name).await.ok()?;
-        record_of(&backup).get("snapshotRequests").is_some().then_some(())
-    })
-    .await;
-}
-
 /// Polls PD until nothing of ours is paused; returns how long that took.
 async fn time_until_pd_resumed(stack: &'static Stack) -> Duration {
     let started = Instant::now();
@@ -86,14 +73,13 @@ async fn deleting_a_paused_backup_resumes_pd_within_seconds_under_every_clean_po
         let name = format!("delete-{}", policy.to_lowercase());
         emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 8000, "times": 2})).await;
         scene.apply(&scene.backup_yaml(&name, json!({"cleanPolicy": policy, "s3": {"secretName": "keys"}}), json!({}))).await;
-        wait_for_calls_in_flight(&scene, &name).await;
+        scene.wait_for_calls_in_flight(&name).await;
         assert!(!pd_state(scene.stack).await.paused.is_empty(), "{policy}: PD is paused while the calls are in flight");
         let output = scene.stack.kubectl(["delete", "bk", &name, "-n", &scene.namespace, "--wait=false"]).await;
         assert!(output.status.success(), "{}", support::describe_output(&output));
         let took = time_until_pd_resumed(scene.stack).await;
         assert!(took < Duration::from_secs(5), "{policy}: PD resumed {took:?} after the delete (TTL 60 s)");
-        let api = scene.api();
-        eventually(&format!("{name} to be gone"), Duration::from_secs(60), || async { matches!(api.get_opt(&name).await, Ok(None)).then_some(()) }).await;
+        scene.wait_gone(&name).await;
         emulator.clear_faults().await;
         // Nothing refreshes the pause afterwards.
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -116,7 +102,7 @@ async fn editing_the_mode_or_prefix_mid_pause_strands_nothing() {
     let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
     emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 3000, "times": 2})).await;
     scene.apply(&scene.backup_yaml("edited", json!({"cleanPolicy": "Delete", "s3": {"secretName": "keys"}}), json!({}))).await;
-    wait_for_calls_in_flight(&scene, "edited").await;
+    scene.wait_for_calls_in_flight("edited").await;
     let edit = json!({"spec": {"backupMode": "snapshot", "s3": {"prefix": "elsewhere"}}});
     let output = scene.stack.kubectl(["patch", "bk", "edited", "-n", &scene.namespace, "--type", "merge", "-p", &edit.to_string()]).await;
     assert!(output.status.success(), "{}", support::describe_output(&output));
@@ -130,8 +116,7 @@ async fn editing_the_mode_or_prefix_mid_pause_strands_nothing() {
     // The Delete policy still holds: the finalizer cleans the backup's data and lets it go.
     let uid = backup.metadata.uid.clone().unwrap();
     scene.api().delete("edited", &Default::default()).await.unwrap();
-    let api = scene.api();
-    eventually("the edited Backup to be deleted", Duration::from_secs(60), || async { matches!(api.get_opt("edited").await, Ok(None)).then_some(()) }).await;
+    scene.wait_gone("edited").await;
     assert!(scene.snapshots_tagged(&uid).await.is_empty());
     assert!(scene.object("edited/backupmeta").await.is_none());
     operator.stop().await;
@@ -171,8 +156,7 @@ async fn backups_sharing_a_prefix_never_delete_each_others_data() {
 
     for name in ["failed", "late"] {
         scene.api().delete(name, &Default::default()).await.unwrap();
-        let api = scene.api();
-        eventually(&format!("{name} to be deleted"), Duration::from_secs(60), || async { matches!(api.get_opt(name).await, Ok(None)).then_some(()) }).await;
+        scene.wait_gone(name).await;
     }
     assert_eq!(scene.object("shared/backupmeta").await.as_deref(), Some(&good_meta[..]), "the good backup's backupmeta is untouched");
     assert_eq!(scene.snapshots_tagged(&good_uid).await.len(), good_snapshots, "the good backup's snapshots are untouched");
@@ -280,7 +264,7 @@ async fn orphan_snapshots_are_reported_and_retained_backups_are_not() {
     let kept = scene.wait_phase("kept", &[ConditionType::Complete], Duration::from_secs(60)).await;
     emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 4000, "times": 2})).await;
     scene.apply(&scene.backup_yaml("dropped", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
-    wait_for_calls_in_flight(&scene, "dropped").await;
+    scene.wait_for_calls_in_flight("dropped").await;
     let dropped = scene.api().get("dropped").await.unwrap();
     for name in ["dropped", "kept"] {
         scene.api().delete(name, &Default::default()).await.unwrap();
@@ -329,7 +313,7 @@ async fn an_operator_restarted_mid_calls_keeps_pd_paused_without_a_gap_and_snaps
     let sampler = PdSampler::start(scene.stack);
     let first = Operator::start(scene.stack, &scene.namespace, config()).await;
     scene.apply(&scene.backup_yaml("restarted", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
-    wait_for_calls_in_flight(&scene, "restarted").await;
+    scene.wait_for_calls_in_flight("restarted").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     first.crash();
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -343,13 +327,7 @@ async fn an_operator_restarted_mid_calls_keeps_pd_paused_without_a_gap_and_snaps
     assert!(!paused[resumed..].iter().any(|p| *p), "one unbroken pause, not two: {paused:?}");
     let pause_seconds = samples[resumed].at.duration_since(samples[first_paused].at).as_secs_f64();
     assert!(pause_seconds > 8.0, "the pause covered the 8 s calls: {pause_seconds:.1}s");
-    let ours: Vec<_> = emulator
-        .requests(Some("CreateSnapshots"))
-        .await
-        .into_iter()
-        .filter(|r| r["status"] == 200)
-        .filter(|r| r["volume_ids"].as_array().is_some_and(|v| v.iter().any(|id| scene.cluster.tikv_volume_ids().iter().any(|t| id == t.as_str()))))
-        .collect();
+    let ours = scene.successful_create_snapshots().await;
     assert_eq!(ours.len(), scene.cluster.tikv.len(), "one successful CreateSnapshots per instance: {ours:#?}");
     assert_eq!(scene.snapshots_tagged(backup.metadata.uid.as_deref().unwrap()).await.len(), 2);
     emulator.clear_faults().await;

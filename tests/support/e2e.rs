@@ -200,6 +200,35 @@ impl Scene {
         .await
     }
 
+    /// Waits until Backup `name` is gone (its finalizer, if any, released).
+    pub async fn wait_gone(&self, name: &str) {
+        let api = self.api();
+        eventually(&format!("{name} to be gone"), Duration::from_secs(60), || async { matches!(api.get_opt(name).await, Ok(None)).then_some(()) }).await;
+    }
+
+    /// Waits until `name`'s record shows CreateSnapshots calls sent (or about to be).
+    pub async fn wait_for_calls_in_flight(&self, name: &str) {
+        let api = self.api();
+        eventually(&format!("{name}'s CreateSnapshots to be under way"), Duration::from_secs(60), || async {
+            let backup = api.get(name).await.ok()?;
+            backup.annotations().get("tidb-ebs-backup/record")?.contains("snapshotRequests").then_some(())
+        })
+        .await;
+    }
+
+    /// The successful CreateSnapshots calls for this scene's TiKV volumes, in the emulator's request log.
+    pub async fn successful_create_snapshots(&self) -> Vec<Value> {
+        let volumes = self.cluster.tikv_volume_ids();
+        self.stack
+            .emulator()
+            .requests(Some("CreateSnapshots"))
+            .await
+            .into_iter()
+            .filter(|r| r["status"] == 200)
+            .filter(|r| r["volume_ids"].as_array().is_some_and(|v| v.iter().any(|id| volumes.iter().any(|t| id == t.as_str()))))
+            .collect()
+    }
+
     pub async fn snapshots_tagged(&self, uid: &str) -> Vec<aws_sdk_ec2::types::Snapshot> {
         let ec2 = self.stack.ec2_client().await;
         let reply = ec2

@@ -3,8 +3,10 @@
 
 pub mod credentials;
 pub mod ec2;
+pub mod retry;
 pub mod s3;
 
+use crate::reason::{Reason, Reasoned};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -13,7 +15,7 @@ pub use credentials::{AwsIdentity, AwsSettings, CredentialSource};
 pub use ec2::Ec2Snapshots;
 pub use s3::S3MetaStore;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum AwsError {
     /// AWS refused for now (rate or quota); worth waiting and retrying.
     #[error("AWS {operation} throttled ({code}): {message}")]
@@ -85,14 +87,16 @@ impl AwsError {
             _ => None,
         }
     }
+}
 
-    pub fn reason(&self) -> &'static str {
+impl Reasoned for AwsError {
+    fn reason(&self) -> Reason {
         match self {
-            Self::Throttled { .. } => "AWSThrottled",
-            Self::Service { .. } => "AWSRequestFailed",
-            Self::Transport { .. } => "AWSUnreachable",
-            Self::Unexpected(_) => "AWSUnexpectedAnswer",
-            Self::Credentials(_) => "AWSCredentialsFailed",
+            Self::Throttled { .. } => Reason::AWSThrottled,
+            Self::Service { .. } => Reason::AWSRequestFailed,
+            Self::Transport { .. } => Reason::AWSUnreachable,
+            Self::Unexpected(_) => Reason::AWSUnexpectedAnswer,
+            Self::Credentials(_) => Reason::AWSCredentialsFailed,
         }
     }
 }

@@ -65,6 +65,7 @@ impl Settings {
 }
 
 /// AWS clients acting with one Backup's identity.
+#[derive(Clone)]
 pub struct AwsClients {
     pub snapshots: Arc<dyn Snapshots>,
     pub meta: Arc<dyn MetaStore>,
@@ -136,7 +137,7 @@ pub struct Context {
     pub writer: Arc<StatusWriter>,
     pub recorder: Recorder,
     pub backups: Store<Backup>,
-    pub keepers: super::keeper::Keepers,
+    pub keepers: super::pause::keeper::Keepers,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Whether this replica may act (holds the leader Lease with margin).
     pub fence: Arc<crate::k8s::lease::Fence>,

@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn a_recorded_failure_is_handled_until_the_backup_is_failed() {
-        let failure = Failure { reason: "SnapshotFailed".into(), message: "x".into() };
+        let failure = Failure::new(crate::reason::Reason::SnapshotFailed, "x");
         let record = BackupRecord { failure: Some(failure.clone()), plan: Some(plan()), ..Default::default() };
         assert_eq!(next_step(&backup(Some(ConditionType::VolumeBackupSnapshotsCreated)), &record), Step::HandleFailure(failure));
         assert_eq!(next_step(&backup(Some(ConditionType::Failed)), &record), Step::Done);

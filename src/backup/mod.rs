@@ -1,16 +1,29 @@
 //! The volume-snapshot backup reconciler: a resumable state machine over what each Backup records.
+//! `machine` picks the next step from the record; `run` runs it and commits what it returns; each step
+//! is a module (`preflight`, `pause`, `snapshot`, `resume`, `write_meta`, `complete`, `failure`,
+//! `cleanup`); `journal` is the one writer of the record, status and finalizer.
 
 pub mod claim;
 pub mod cleanup;
+mod clients;
+mod complete;
 pub mod context;
-pub mod keeper;
+pub mod events;
+mod failure;
+pub mod journal;
 pub mod machine;
 pub mod meta;
 pub mod orphans;
 pub mod ownership;
+pub mod pause;
+pub mod preflight;
 pub mod queue;
 pub mod record;
-pub mod steps;
+mod resume;
+pub mod run;
+mod sizes;
+mod snapshot;
+mod write_meta;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +36,12 @@ use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
 use crate::api::Backup;
+use crate::reason::Reason;
 pub use context::{Context, Settings};
+pub use run::SELECTOR_LABEL;
+
+/// The name of the snapshot step in `.status.progresses`.
+pub const SNAPSHOT_PROGRESS_STEP: &str = "Snapshot";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -36,11 +54,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::Kube(_) => "KubernetesAPIFailed",
-            Self::Status(_) => "StatusWriteFailed",
-            Self::Record(_) => "RecordUnreadable",
+            Self::Kube(_) => Reason::KubernetesAPIFailed,
+            Self::Status(_) => Reason::StatusWriteFailed,
+            Self::Record(_) => Reason::RecordUnreadable,
         }
     }
 }
@@ -51,8 +69,8 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action>
     let span = tracing::info_span!("backup", namespace = %backup.namespace().unwrap_or_default(), name = %backup.name_any());
     async move {
         // Judged on the spec the backup started with: an edit mid-flight does not make it someone else's.
-        let run = steps::Reconcile::new(&ctx, (*backup).clone())?;
-        if !run.backup.is_volume_snapshot() || run.backup.spec.federal_volume_backup_phase.is_some() {
+        let run = run::BackupRun::new(&ctx, (*backup).clone())?;
+        if !run.journal.backup.is_volume_snapshot() || run.journal.backup.spec.federal_volume_backup_phase.is_some() {
             return Ok(Action::await_change());
         }
         if !ctx.fence.held() {
@@ -60,7 +78,7 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action>
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
         if backup.meta().deletion_timestamp.is_some() {
-            return Ok(run.on_delete().await?.map_or_else(Action::await_change, Action::requeue));
+            return Ok(cleanup::on_delete(run).await?.map_or_else(Action::await_change, Action::requeue));
         }
         match run.run().await? {
             Some(after) => Ok(Action::requeue(after)),
@@ -73,7 +91,7 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action>
 
 pub fn error_policy(backup: Arc<Backup>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(namespace = %backup.namespace().unwrap_or_default(), name = %backup.name_any(), %error, "reconcile failed; retrying");
-    ctx.metrics.reconcile_error(error.reason());
+    ctx.metrics.reconcile_error(error.reason().as_str());
     match error {
         Error::Record(_) => Action::await_change(),
         _ => Action::requeue(Duration::from_secs(5)),

@@ -4,13 +4,21 @@
 //! A `backupmeta` is deleted only under a lock that names this Backup, so a failed or deleted Backup
 //! never deletes another's data, whatever prefix they share.
 
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
 use serde::{Deserialize, Serialize};
 
+use kube::ResourceExt;
+
 use super::context::AwsClients;
-use super::meta;
+use super::meta::{self, TAG_BACKUP_UID};
 use super::record::Failure;
-use super::steps::{Reconcile, failure};
+use crate::api::Backup;
 use crate::aws::AwsError;
+use crate::aws::retry::retry_throttled;
+use crate::metrics::Metrics;
+use crate::reason::Reason;
 
 pub const LOCK_FILE: &str = "tidb-ebs-backup.lock";
 
@@ -30,73 +38,112 @@ pub enum PrefixOwner {
     Nobody,
 }
 
-impl Reconcile<'_> {
-    fn lock_body(&self) -> Vec<u8> {
-        let lock = PrefixLock {
-            backup_uid: self.uid(),
-            backup: format!("{}/{}", self.backup.metadata.namespace.as_deref().unwrap_or_default(), self.name()),
-            cluster: format!("{}/{}", self.backup.cluster_namespace(), self.backup.spec.br.cluster),
-        };
-        serde_json::to_vec(&lock).expect("lock serialises")
-    }
+fn uid(backup: &Backup) -> String {
+    backup.metadata.uid.clone().unwrap_or_default()
+}
 
-    /// Claims the backup's prefix (preflight, before the pause). Re-running after a restart finds its own lock.
-    pub(super) async fn lock_prefix(&self, aws: &AwsClients) -> Result<(), Failure> {
-        let written = aws.meta.put_if_absent(LOCK_FILE, self.lock_body()).await.map_err(|e| failure(e.reason(), format!("writing {}/{LOCK_FILE}: {e}", aws.meta.location())))?;
-        if written {
-            return Ok(());
-        }
-        match self.prefix_owner(aws).await.map_err(|e| failure(e.reason(), format!("reading {}/{LOCK_FILE}: {e}", aws.meta.location())))? {
-            PrefixOwner::Us => Ok(()),
-            PrefixOwner::Other(who) => Err(failure(
-                "FileExistedInExternalStorage",
-                format!("{} is in use by Backup {who} ({LOCK_FILE}): use a new prefix for every backup", aws.meta.location()),
-            )),
-            // Deleted between our write and our read: whoever deleted it owned it; try again next time.
-            PrefixOwner::Nobody => Err(failure("PrefixLockRace", format!("{}/{LOCK_FILE} changed while it was being claimed", aws.meta.location()))),
-        }
-    }
+fn lock_body(backup: &Backup) -> Vec<u8> {
+    let lock = PrefixLock {
+        backup_uid: uid(backup),
+        backup: format!("{}/{}", backup.metadata.namespace.as_deref().unwrap_or_default(), backup.name_any()),
+        cluster: format!("{}/{}", backup.cluster_namespace(), backup.spec.br.cluster),
+    };
+    serde_json::to_vec(&lock).expect("lock serialises")
+}
 
-    pub(super) async fn prefix_owner(&self, aws: &AwsClients) -> Result<PrefixOwner, AwsError> {
-        let Some(body) = aws.meta.get(LOCK_FILE).await? else { return Ok(PrefixOwner::Nobody) };
-        match serde_json::from_slice::<PrefixLock>(&body) {
-            Ok(lock) if lock.backup_uid == self.uid() => Ok(PrefixOwner::Us),
-            Ok(lock) => Ok(PrefixOwner::Other(format!("{} (uid {})", lock.backup, lock.backup_uid))),
-            Err(_) => Ok(PrefixOwner::Other("unknown (unreadable lock)".into())),
-        }
+/// Claims the backup's prefix (preflight, before the pause). Re-running after a restart finds its own lock.
+pub async fn lock_prefix(backup: &Backup, aws: &AwsClients) -> Result<(), Failure> {
+    let location = aws.meta.location();
+    let written = aws.meta.put_if_absent(LOCK_FILE, lock_body(backup)).await.map_err(|e| Failure::doing(format!("writing {location}/{LOCK_FILE}"), &e))?;
+    if written {
+        return Ok(());
     }
+    match prefix_owner(backup, aws).await.map_err(|e| Failure::doing(format!("reading {location}/{LOCK_FILE}"), &e))? {
+        PrefixOwner::Us => Ok(()),
+        PrefixOwner::Other(who) => Err(Failure::new(
+            Reason::FileExistedInExternalStorage,
+            format!("{location} is in use by Backup {who} ({LOCK_FILE}): use a new prefix for every backup"),
+        )),
+        // Deleted between our write and our read: whoever deleted it owned it; try again next time.
+        PrefixOwner::Nobody => Err(Failure::new(Reason::PrefixLockRace, format!("{location}/{LOCK_FILE} changed while it was being claimed"))),
+    }
+}
 
-    /// Deletes this Backup's `backupmeta` and lock, and nothing of anyone else's. Returns whether a
-    /// `backupmeta` was deleted.
-    pub(super) async fn delete_own_meta(&self, aws: &AwsClients, own_snapshots: &std::collections::BTreeSet<String>) -> Result<bool, String> {
-        let location = aws.meta.location();
-        let owner = self.prefix_owner(aws).await.map_err(|e| format!("reading {location}/{LOCK_FILE}: {e}"))?;
-        let ours = match &owner {
-            PrefixOwner::Us => true,
-            PrefixOwner::Other(who) => {
-                tracing::info!(%who, "the prefix belongs to another Backup; its backupmeta is left alone");
-                false
-            }
-            // A prefix written before locks existed: ours only if we wrote a backupmeta there and every
-            // snapshot it lists is ours.
-            PrefixOwner::Nobody => {
-                self.record.meta_written
-                    && match aws.meta.get(meta::META_FILE).await.map_err(|e| format!("reading backupmeta: {e}"))? {
-                        Some(body) => serde_json::from_slice(&body).is_ok_and(|m| meta::snapshot_ids_in_meta(&m).iter().all(|id| own_snapshots.contains(id))),
-                        None => false,
-                    }
-            }
-        };
-        if !ours {
-            return Ok(false);
-        }
-        let had_meta = aws.meta.exists(meta::META_FILE).await.map_err(|e| format!("reading backupmeta: {e}"))?;
-        if had_meta {
-            aws.meta.delete(meta::META_FILE).await.map_err(|e| format!("deleting backupmeta: {e}"))?;
-        }
-        if owner == PrefixOwner::Us {
-            aws.meta.delete(LOCK_FILE).await.map_err(|e| format!("deleting {LOCK_FILE}: {e}"))?;
-        }
-        Ok(had_meta)
+pub async fn prefix_owner(backup: &Backup, aws: &AwsClients) -> Result<PrefixOwner, AwsError> {
+    let Some(body) = aws.meta.get(LOCK_FILE).await? else { return Ok(PrefixOwner::Nobody) };
+    match serde_json::from_slice::<PrefixLock>(&body) {
+        Ok(lock) if lock.backup_uid == uid(backup) => Ok(PrefixOwner::Us),
+        Ok(lock) => Ok(PrefixOwner::Other(format!("{} (uid {})", lock.backup, lock.backup_uid))),
+        Err(_) => Ok(PrefixOwner::Other("unknown (unreadable lock)".into())),
     }
+}
+
+/// Deletes this Backup's `backupmeta` and lock, and nothing of anyone else's. Returns whether a
+/// `backupmeta` was deleted. `meta_written` (the backup wrote one) decides for a legacy prefix without a lock.
+pub async fn delete_own_meta(backup: &Backup, meta_written: bool, aws: &AwsClients, own_snapshots: &BTreeSet<String>) -> Result<bool, DataError> {
+    let location = aws.meta.location();
+    let owner = prefix_owner(backup, aws).await.map_err(|e| DataError::Meta { what: format!("reading {location}/{LOCK_FILE}"), source: e })?;
+    let ours = match &owner {
+        PrefixOwner::Us => true,
+        PrefixOwner::Other(who) => {
+            tracing::info!(%who, "the prefix belongs to another Backup; its backupmeta is left alone");
+            false
+        }
+        // A prefix written before locks existed: ours only if we wrote a backupmeta there and every
+        // snapshot it lists is ours.
+        PrefixOwner::Nobody => {
+            meta_written
+                && match aws.meta.get(meta::META_FILE).await.map_err(|e| DataError::Meta { what: "reading backupmeta".into(), source: e })? {
+                    Some(body) => serde_json::from_slice(&body).is_ok_and(|m| meta::snapshot_ids_in_meta(&m).iter().all(|id| own_snapshots.contains(id))),
+                    None => false,
+                }
+        }
+    };
+    if !ours {
+        return Ok(false);
+    }
+    let had_meta = aws.meta.exists(meta::META_FILE).await.map_err(|e| DataError::Meta { what: "reading backupmeta".into(), source: e })?;
+    if had_meta {
+        aws.meta.delete(meta::META_FILE).await.map_err(|e| DataError::Meta { what: "deleting backupmeta".into(), source: e })?;
+    }
+    if owner == PrefixOwner::Us {
+        aws.meta.delete(LOCK_FILE).await.map_err(|e| DataError::Meta { what: format!("deleting {LOCK_FILE}"), source: e })?;
+    }
+    Ok(had_meta)
+}
+
+/// Deleting a backup's data failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("finding snapshots by tag: {0}")]
+    Find(AwsError),
+    #[error("deleting snapshot {id}: {source}")]
+    Delete { id: String, source: AwsError },
+    #[error("{what}: {source}")]
+    Meta { what: String, source: AwsError },
+}
+
+/// Every snapshot this backup created: the recorded ones and any found by its uid tag (e.g. from a call
+/// whose answer was lost).
+pub async fn snapshots_created(backup: &Backup, recorded: impl Iterator<Item = &String>, aws: &AwsClients) -> Result<BTreeSet<String>, DataError> {
+    let mut ids: BTreeSet<String> = recorded.cloned().collect();
+    let tagged = aws.snapshots.find_snapshots_by_tag(TAG_BACKUP_UID, &uid(backup)).await.map_err(DataError::Find)?;
+    ids.extend(tagged.into_iter().map(|s| s.snapshot_id));
+    Ok(ids)
+}
+
+/// Deletes these snapshots, at most `per_second` a second when given (spaced from the end of each
+/// delete, so retries never bunch deletions above the rate), waiting out throttling until `within`.
+pub async fn delete_snapshots(aws: &AwsClients, ids: &BTreeSet<String>, per_second: Option<f64>, within: Duration, backoff_max: Duration, metrics: &Metrics) -> Result<(), DataError> {
+    let deadline = Instant::now() + within;
+    let spacing = per_second.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
+    let mut next = Instant::now();
+    for id in ids {
+        tokio::time::sleep_until(next.into()).await;
+        retry_throttled(deadline, backoff_max, metrics, "DeleteSnapshot", || aws.snapshots.delete_snapshot(id))
+            .await
+            .map_err(|source| DataError::Delete { id: id.clone(), source })?;
+        next = Instant::now() + spacing.unwrap_or_default();
+    }
+    Ok(())
 }

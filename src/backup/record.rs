@@ -5,11 +5,13 @@
 //! Annotations survive both. The human-facing truth (phase, conditions, progress) is in `.status`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::api::Backup;
+use crate::reason::{Reason, Reasoned};
 use crate::k8s::volumes::{PdVolume, TikvStoreVolumes};
 
 pub const RECORD_ANNOTATION: &str = "tidb-ebs-backup/record";
@@ -64,15 +66,32 @@ pub struct BackupRecord {
 #[serde(rename_all = "camelCase")]
 pub struct Transient {
     pub since: i64,
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Failure {
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
+}
+
+impl Failure {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into() }
+    }
+
+    /// An error as a failure, its message led by what was being done.
+    pub fn doing(what: impl fmt::Display, error: &impl Reasoned) -> Self {
+        Self::new(error.reason(), format!("{what}: {error}"))
+    }
+}
+
+impl<E: Reasoned> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Self::new(error.reason(), error.to_string())
+    }
 }
 
 /// What is to be snapshotted: one CreateSnapshots per instance.

@@ -1,6 +1,7 @@
 //! Which AWS identity a Backup uses, read from Kubernetes: its access-key Secret, its IAM role
 //! annotation, or its ServiceAccount's IRSA role (exchanged through a TokenRequest).
 
+use crate::reason::{Reason, Reasoned};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, PostParams};
@@ -25,14 +26,14 @@ pub enum IdentityError {
     Kube { what: String, source: kube::Error },
 }
 
-impl IdentityError {
-    pub fn reason(&self) -> &'static str {
+impl Reasoned for IdentityError {
+    fn reason(&self) -> Reason {
         match self {
-            Self::SecretNotFound { .. } => "SecretNotFound",
-            Self::SecretKeyMissing { .. } => "SecretKeyMissing",
-            Self::ServiceAccountNotFound { .. } => "ServiceAccountNotFound",
-            Self::TokenRequest { .. } => "TokenRequestFailed",
-            Self::Kube { .. } => "KubernetesAPIFailed",
+            Self::SecretNotFound { .. } => Reason::SecretNotFound,
+            Self::SecretKeyMissing { .. } => Reason::SecretKeyMissing,
+            Self::ServiceAccountNotFound { .. } => Reason::ServiceAccountNotFound,
+            Self::TokenRequest { .. } => Reason::TokenRequestFailed,
+            Self::Kube { .. } => Reason::KubernetesAPIFailed,
         }
     }
 }

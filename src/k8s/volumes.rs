@@ -1,5 +1,6 @@
 //! TidbCluster -> TiKV/PD pods -> PVCs -> PVs -> EBS volume ids, as TiDB Operator lays them out.
 
+use crate::reason::{Reason, Reasoned};
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
@@ -34,17 +35,17 @@ pub enum VolumeError {
     PodVolumeMissing { pod: String, volume: String },
 }
 
-impl VolumeError {
-    pub fn reason(&self) -> &'static str {
+impl Reasoned for VolumeError {
+    fn reason(&self) -> Reason {
         match self {
-            Self::Kube { .. } => "KubernetesAPIFailed",
-            Self::NoTikvPods { .. } => "TiKVPodsNotFound",
-            Self::NoStoreId { .. } => "StoreIDMissing",
-            Self::PvcNotFound { .. } => "PVCNotFound",
-            Self::PvcUnbound { .. } => "PVCNotBound",
-            Self::PvNotFound { .. } => "PVNotFound",
-            Self::NotEbs { .. } => "GetVolumeIDFailed",
-            Self::PodVolumeMissing { .. } => "PodVolumeMissing",
+            Self::Kube { .. } => Reason::KubernetesAPIFailed,
+            Self::NoTikvPods { .. } => Reason::TiKVPodsNotFound,
+            Self::NoStoreId { .. } => Reason::StoreIDMissing,
+            Self::PvcNotFound { .. } => Reason::PVCNotFound,
+            Self::PvcUnbound { .. } => Reason::PVCNotBound,
+            Self::PvNotFound { .. } => Reason::PVNotFound,
+            Self::NotEbs { .. } => Reason::GetVolumeIDFailed,
+            Self::PodVolumeMissing { .. } => Reason::PodVolumeMissing,
         }
     }
 }

@@ -3,10 +3,12 @@
 
 mod client;
 mod pause;
+pub mod version;
 
 pub use client::{PdClient, PdEndpoint, PdTls};
 pub use pause::{PAUSED_CONFIG, SCHEDULERS_TO_PAUSE, pause_config_values};
 
+use crate::reason::{Reason, Reasoned};
 use async_trait::async_trait;
 
 pub mod proto {
@@ -31,13 +33,13 @@ pub enum PdError {
     Tls(String),
 }
 
-impl PdError {
-    pub fn reason(&self) -> &'static str {
+impl Reasoned for PdError {
+    fn reason(&self) -> Reason {
         match self {
-            Self::Unreachable { .. } | Self::Connect { .. } => "PDUnreachable",
-            Self::Grpc { .. } | Self::Header { .. } => "PDGrpcFailed",
-            Self::Status { .. } | Self::Decode { .. } => "PDRequestFailed",
-            Self::Tls(_) => "PDTLSConfigInvalid",
+            Self::Unreachable { .. } | Self::Connect { .. } => Reason::PDUnreachable,
+            Self::Grpc { .. } | Self::Header { .. } => Reason::PDGrpcFailed,
+            Self::Status { .. } | Self::Decode { .. } => Reason::PDRequestFailed,
+            Self::Tls(_) => Reason::PDTLSConfigInvalid,
         }
     }
 }

@@ -19,13 +19,15 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::Resource;
 use tokio::task::JoinHandle;
 
-use super::claim::ClusterClaim;
-use super::record::{BackupRecord, PauseRecord, RECORD_ANNOTATION};
+use crate::backup::claim::ClusterClaim;
+use crate::backup::events::Publisher;
+use crate::backup::record::{BackupRecord, PauseRecord, RECORD_ANNOTATION};
 use crate::api::{Backup, ConditionType};
 use crate::k8s::StatusWriter;
 use crate::k8s::lease::Fence;
 use crate::metrics::Metrics;
 use crate::pd::{Pd, PdError, SafepointUpdate};
+use crate::reason::Reason;
 
 fn unix_now() -> i64 {
     jiff::Timestamp::now().as_second()
@@ -161,7 +163,7 @@ pub struct KeeperJob {
     pub claim: ClusterClaim,
     pub metrics: Arc<Metrics>,
     pub cache: Store<Backup>,
-    pub recorder: kube::runtime::events::Recorder,
+    pub events: Publisher,
 }
 
 #[derive(Debug)]
@@ -275,17 +277,7 @@ impl KeeperJob {
     }
 
     async fn warn(&self, note: &str) {
-        let Ok(Some(backup)) = self.api.get_opt(&self.name).await else { return };
-        let event = kube::runtime::events::Event {
-            type_: kube::runtime::events::EventType::Warning,
-            reason: "PauseRefreshFailed".into(),
-            note: Some(note.chars().take(1024).collect()),
-            action: "KeepPaused".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &backup.object_ref(&())).await {
-            tracing::warn!(error = %e, "publishing an Event failed");
-        }
+        self.events.warning(Reason::PauseRefreshFailed, note, "KeepPaused").await;
     }
 
     /// One refresh; the instant it started when PD took it.

@@ -1,0 +1,73 @@
+//! A failure decided by any step: PD resumed, this backup's snapshots deleted (recorded ones and any
+//! found by its tag), its own `backupmeta` and prefix lock deleted, then `Failed` with the reason and
+//! whatever could not be undone.
+
+use std::time::Duration;
+
+use super::ownership::{DataError, delete_own_meta, delete_snapshots, snapshots_created};
+use super::record::Failure;
+use super::resume::resume_and_record;
+use super::run::{BackupRun, Outcome, StepResult};
+use crate::api::ConditionType;
+use crate::api::condition::{NewCondition, set_condition};
+
+pub async fn run(cx: &mut BackupRun<'_>, failure: Failure) -> StepResult {
+    let mut notes = Vec::new();
+    cx.ctx.keepers.stop(&cx.journal.uid());
+    if cx.journal.record.paused()
+        && let Err(e) = resume_and_record(cx).await?
+    {
+        notes.push(e.to_string());
+    }
+    let record = &cx.journal.record;
+    let created_any = !record.snapshots.is_empty() || !record.snapshot_requests.is_empty();
+    if !record.snapshots_deleted && created_any {
+        match delete_created(cx).await {
+            Ok(count) => {
+                crate::crash_point!("failure.after-delete");
+                notes.push(format!("deleted the {count} snapshots this backup had created"));
+                cx.journal.save(|_, record, _| record.snapshots_deleted = true).await?;
+            }
+            Err(message) => notes.push(format!("could not delete this backup's snapshots: {message}")),
+        }
+    }
+    if cx.journal.record.plan.is_some()
+        && let Err(e) = delete_meta(cx).await
+    {
+        // Our backupmeta and prefix lock only; a prefix another Backup holds is left as it is.
+        notes.push(format!("could not delete this backup's backupmeta or prefix lock: {e}"));
+    }
+    let message = if notes.is_empty() { failure.message.clone() } else { format!("{}; {}", failure.message, notes.join("; ")) };
+    cx.journal
+        .save(|status, _, now| {
+            set_condition(status, NewCondition::truthy(ConditionType::Failed).because(failure.reason, message.clone()), now);
+        })
+        .await?;
+    cx.release_claim().await;
+    cx.ctx.metrics.backup_finished("failed", None);
+    Ok(Outcome::Stop)
+}
+
+/// Why something the backup created could not be deleted.
+#[derive(Debug, thiserror::Error)]
+enum UndoError {
+    #[error("{}", .0.message)]
+    Credentials(Failure),
+    #[error(transparent)]
+    Data(#[from] DataError),
+}
+
+async fn delete_created(cx: &mut BackupRun<'_>) -> Result<usize, UndoError> {
+    let aws = cx.clients.aws(&cx.journal.backup).await.map_err(UndoError::Credentials)?;
+    let ids = snapshots_created(&cx.journal.backup, cx.journal.record.snapshots.values(), &aws).await?;
+    let settings = &cx.ctx.settings;
+    delete_snapshots(&aws, &ids, None, Duration::from_secs(300), settings.throttle_backoff_max, &cx.ctx.metrics).await?;
+    Ok(ids.len())
+}
+
+async fn delete_meta(cx: &mut BackupRun<'_>) -> Result<bool, UndoError> {
+    let aws = cx.clients.aws(&cx.journal.backup).await.map_err(UndoError::Credentials)?;
+    let journal = &cx.journal;
+    let ids = snapshots_created(&journal.backup, journal.record.snapshots.values(), &aws).await?;
+    Ok(delete_own_meta(&journal.backup, journal.record.meta_written, &aws, &ids).await?)
+}

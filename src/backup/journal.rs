@@ -1,0 +1,160 @@
+//! The Backup as this operator acts on it, and the one place its record, status, finalizer and phase
+//! Events are written. Every write is a guarded update of what the API server holds (see `StatusWriter`).
+
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::Api;
+
+use super::Result;
+use super::context::Context;
+use super::events::Publisher;
+use super::record::{BackupRecord, Failure, RECORD_ANNOTATION};
+use crate::api::condition::{NewCondition, set_condition};
+use crate::api::{BACKUP_PROTECTION_FINALIZER, Backup, BackupStatus, ConditionType};
+use crate::k8s::StatusWriter;
+use crate::metrics::Metrics;
+
+/// Now, to the second: Kubernetes stores times to the second, so anything finer would never compare equal.
+pub fn now_time() -> Time {
+    Time(jiff::Timestamp::from_second(unix_now()).expect("now is a valid timestamp"))
+}
+
+pub fn unix_now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+pub struct Journal {
+    api: Api<Backup>,
+    writer: Arc<StatusWriter>,
+    metrics: Arc<Metrics>,
+    pub events: Publisher,
+    /// With the spec the backup started with (see `BackupRecord::spec`).
+    pub backup: Backup,
+    pub record: BackupRecord,
+}
+
+/// The spec recorded when the backup started replaces the live one, except `cleanPolicy` and `cleanOption`.
+fn pin_spec(backup: &mut Backup, record: &BackupRecord) {
+    if let Some(pinned) = &record.spec {
+        let (clean_policy, clean_option) = (backup.spec.clean_policy, backup.spec.clean_option.take());
+        backup.spec = pinned.clone();
+        backup.spec.clean_policy = clean_policy;
+        backup.spec.clean_option = clean_option;
+    }
+}
+
+impl Journal {
+    pub fn open(ctx: &Context, mut backup: Backup) -> Result<Self> {
+        let api = Api::namespaced(ctx.client.clone(), backup.metadata.namespace.as_deref().unwrap_or_default());
+        let record = BackupRecord::of(&backup).map_err(super::Error::Record)?;
+        if let Some(pinned) = &record.spec
+            && (pinned.s3 != backup.spec.s3 || pinned.backup_mode != backup.spec.backup_mode || pinned.br != backup.spec.br)
+        {
+            tracing::warn!("the spec changed after the backup started; the backup goes on with the spec it started with");
+        }
+        pin_spec(&mut backup, &record);
+        let events = Publisher::new(ctx.recorder.clone(), &backup);
+        Ok(Self { api, writer: ctx.writer.clone(), metrics: ctx.metrics.clone(), events, backup, record })
+    }
+
+    pub fn api(&self) -> &Api<Backup> {
+        &self.api
+    }
+
+    pub fn uid(&self) -> String {
+        self.backup.metadata.uid.clone().unwrap_or_default()
+    }
+
+    pub fn name(&self) -> String {
+        self.backup.name_any()
+    }
+
+    fn adopt_stored(&mut self, mut stored: Backup, record: BackupRecord) {
+        pin_spec(&mut stored, &record);
+        self.backup = stored;
+        self.record = record;
+    }
+
+    /// Writes status and the record together; publishes an Event when the phase changes. `change` is
+    /// applied to the record as stored (a conflict retry runs it again on the newer one).
+    pub async fn save(&mut self, mut change: impl FnMut(&mut BackupStatus, &mut BackupRecord, &Time)) -> Result<()> {
+        let now = now_time();
+        let before = self.backup.phase().cloned();
+        let base_record = self.record.clone();
+        let mut applied = base_record.clone();
+        let stored = self
+            .writer
+            .update(&self.api, &self.backup, |owned| {
+                let mut record = owned
+                    .annotations
+                    .get(RECORD_ANNOTATION)
+                    .and_then(|json| serde_json::from_str(json).ok())
+                    .unwrap_or_else(|| base_record.clone());
+                change(&mut owned.status, &mut record, &now);
+                owned.annotations.insert(RECORD_ANNOTATION.into(), record.to_annotation());
+                applied = record;
+            })
+            .await?;
+        self.adopt_stored(stored, applied);
+        let after = self.backup.phase().cloned();
+        if after != before
+            && let Some(phase) = after
+        {
+            self.publish_phase(&phase).await;
+            self.metrics.phase_entered(&phase);
+        }
+        Ok(())
+    }
+
+    async fn publish_phase(&self, phase: &ConditionType) {
+        let status = self.backup.status.clone().unwrap_or_default();
+        let condition = status.conditions.iter().find(|c| &c.type_ == phase);
+        let warning = matches!(phase, ConditionType::Failed | ConditionType::Invalid | ConditionType::CleanFailed);
+        let reason = condition.and_then(|c| c.reason.clone()).unwrap_or_else(|| format!("{phase:?}"));
+        let note = condition.and_then(|c| c.message.clone()).unwrap_or_else(|| format!("Backup is {phase:?}"));
+        self.events.publish_raw(warning, &reason, &note, &format!("{phase:?}")).await;
+    }
+
+    pub async fn condition(&mut self, condition: NewCondition) -> Result<()> {
+        let mut condition = Some(condition);
+        self.save(|status, _, now| {
+            if let Some(c) = condition.take() {
+                set_condition(status, c, now);
+            }
+        })
+        .await
+    }
+
+    /// Records a failure decided now; the failure step undoes what was done and marks the backup `Failed`.
+    pub async fn record_failure(&mut self, failure: Failure) -> Result<()> {
+        tracing::warn!(reason = %failure.reason, message = %failure.message, "backup failed");
+        let mut failure = Some(failure);
+        self.save(|_, record, _| {
+            if record.failure.is_none() {
+                record.failure = failure.take();
+            }
+        })
+        .await
+    }
+
+    pub fn has_finalizer(&self) -> bool {
+        self.backup.metadata.finalizers.iter().flatten().any(|f| f == BACKUP_PROTECTION_FINALIZER)
+    }
+
+    pub async fn set_finalizer(&mut self, present: bool) -> Result<()> {
+        let stored = self
+            .writer
+            .update(&self.api, &self.backup, |owned| {
+                owned.finalizers.retain(|f| f != BACKUP_PROTECTION_FINALIZER);
+                if present {
+                    owned.finalizers.push(BACKUP_PROTECTION_FINALIZER.to_string());
+                }
+            })
+            .await?;
+        let record = self.record.clone();
+        self.adopt_stored(stored, record);
+        Ok(())
+    }
+}

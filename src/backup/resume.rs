@@ -1,0 +1,68 @@
+//! Resuming PD: the keeper stopped, schedulers and config put back, the service safepoint removed. The
+//! one place a pause is undone for a backup, whether it succeeded, failed or was deleted.
+
+use std::time::Duration;
+
+use super::journal::unix_now;
+use super::run::{BackupRun, Outcome, StepResult};
+use crate::reason::Reason;
+
+/// Undoes the pause, if any. Quick retries first: a PD blip must not leave the pause to its TTL.
+pub async fn resume_pd(cx: &mut BackupRun<'_>) -> Result<(), ResumeError> {
+    let Some(pause) = cx.journal.record.pause.clone() else { return Ok(()) };
+    cx.ctx.keepers.stop(&cx.journal.uid());
+    let pd = cx.clients.plan_pd(cx.journal.record.plan.as_ref()).await.map_err(|f| ResumeError::new(&pause, f.message))?;
+    let mut last = Ok(());
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        last = super::pause::keeper::undo_pause(pd.as_ref(), &pause).await;
+        if last.is_ok() {
+            break;
+        }
+    }
+    last.map_err(|message| ResumeError::new(&pause, message))
+}
+
+/// Undoes the pause and records it; a PD that cannot be told is the inner error (the pause then lapses
+/// by its TTL), a record that cannot be written the outer one.
+pub async fn resume_and_record(cx: &mut BackupRun<'_>) -> super::Result<Result<(), ResumeError>> {
+    if let Err(e) = resume_pd(cx).await {
+        return Ok(Err(e));
+    }
+    cx.journal.save(|_, record, _| record.resumed = true).await?;
+    Ok(Ok(()))
+}
+
+/// PD could not be told to resume.
+#[derive(Debug, thiserror::Error)]
+#[error("could not resume PD ({message}); PD drops the pause by itself within {ttl_seconds}s")]
+pub struct ResumeError {
+    pub ttl_seconds: u64,
+    pub message: String,
+}
+
+impl ResumeError {
+    fn new(pause: &super::record::PauseRecord, message: String) -> Self {
+        Self { ttl_seconds: pause.ttl_seconds, message }
+    }
+}
+
+/// The resume step, after every snapshot has started.
+pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
+    let resumed = resume_pd(cx).await;
+    crate::crash_point!("resume.after-undo");
+    let elapsed = cx.journal.record.pause.as_ref().map_or(0, |p| unix_now() - p.paused_at);
+    cx.ctx.metrics.pause_window(elapsed as f64);
+    if let Err(e) = resumed {
+        // The snapshots are consistent and PD drops the pause by its TTL: that is no reason to throw
+        // them away (BR carries on too). Said loudly instead.
+        let note = format!("{e}; the snapshots are consistent");
+        tracing::warn!(%note);
+        cx.journal.events.warning(Reason::PDResumeFailed, &note, "Resume").await;
+    }
+    cx.journal.save(|_, record, _| record.resumed = true).await?;
+    crate::crash_point!("resume.after-save");
+    Ok(Outcome::Continue)
+}

@@ -37,7 +37,7 @@ pub async fn resume_and_record(cx: &mut BackupRun<'_>) -> super::Result<Result<(
 
 /// PD could not be told to resume.
 #[derive(Debug, thiserror::Error)]
-#[error("could not resume PD ({message}); PD drops the pause by itself within {ttl_seconds}s")]
+#[error("PD could not be told to resume; it drops the pause by itself within {ttl_seconds}s: {message}")]
 pub struct ResumeError {
     pub ttl_seconds: u64,
     pub message: String,
@@ -58,7 +58,7 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
     if let Err(e) = resumed {
         // The snapshots are consistent and PD drops the pause by its TTL: that is no reason to throw
         // them away (BR carries on too). Said loudly instead.
-        let note = format!("{e}; the snapshots are consistent");
+        let note = format!("the snapshots are consistent; {e}");
         tracing::warn!(%note);
         cx.journal.events.warning(Reason::PDResumeFailed, &note, "Resume").await;
     }

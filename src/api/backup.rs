@@ -67,7 +67,8 @@ pub struct BackupSpec {
     pub clean_option: Option<CleanOption>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_image: Option<String>,
-    /// How long GC and scheduling may stay paused; also the TTL given to PD for the pause.
+    /// How long GC and scheduling may stay paused, in seconds: a backup whose snapshots have not all
+    /// started by then fails and resumes PD. PD's own TTL for the pause is the operator's `--pause-ttl-seconds`.
     #[serde(default = "default_pause_seconds")]
     #[schemars(range(min = 30, max = 86400))]
     pub volume_backup_init_job_max_active_seconds: i64,

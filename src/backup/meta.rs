@@ -17,9 +17,9 @@ pub const TAG_LOCATION: &str = "tidb-ebs-backup/location";
 /// The tag BR puts on its snapshots; kept so tooling that looks for BR snapshots finds ours too.
 pub const TAG_BR: &str = "TiDBCluster-BR-Snapshot";
 
-/// Tags for the snapshots of one instance. Store id and volume type are per volume, so they are written
-/// onto each snapshot after CreateSnapshots returns only where AWS allows; here they are in the plan and
-/// the backupmeta, and per-instance tags identify the backup for clean-up and de-duplication.
+/// Tags for the snapshots of one instance, set by CreateSnapshots itself (so no snapshot of ours is ever
+/// untagged). They identify the backup for clean-up and de-duplication; the store ids of the instance
+/// are one comma-joined tag, and the per-volume details (store id, volume type) are in the backupmeta.
 pub fn snapshot_tags(backup: &Backup, plan: &SnapshotPlan, instance_id: &str) -> Vec<(String, String)> {
     let namespace = backup.metadata.namespace.clone().unwrap_or_default();
     let name = backup.metadata.name.clone().unwrap_or_default();

@@ -17,12 +17,12 @@ pub async fn resume_pd(cx: &mut BackupRun<'_>) -> Result<(), ResumeError> {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        last = super::pause::keeper::undo_pause(pd.as_ref(), &pause).await;
+        last = super::pause::apply::undo_pause(pd.as_ref(), &pause).await;
         if last.is_ok() {
             break;
         }
     }
-    last.map_err(|message| ResumeError::new(&pause, message))
+    last.map_err(|e| ResumeError::new(&pause, e.to_string()))
 }
 
 /// Undoes the pause and records it; a PD that cannot be told is the inner error (the pause then lapses

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::context::AwsClients;
 use super::journal::unix_now;
 use super::meta::{self, TAG_BACKUP_UID};
-use super::pause::keeper::PauseGuard;
+use super::pause::guard::PauseGuard;
 use super::pause::{ensure_keeper, pause_margin};
 use super::record::{Failure, InstancePlan};
 use super::run::{BackupRun, Outcome, StepResult};

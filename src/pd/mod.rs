@@ -33,6 +33,14 @@ pub enum PdError {
     Tls(String),
 }
 
+impl PdError {
+    /// PD's answer when a scheduler to pause or resume does not exist: 500 with its error code
+    /// `[PD:scheduler:ErrSchedulerNotFound]` (see `tests/harness/pd/OBSERVED.md`).
+    pub fn is_scheduler_not_found(&self) -> bool {
+        matches!(self, Self::Status { status: 500, body, .. } if body.contains("ErrSchedulerNotFound"))
+    }
+}
+
 impl Reasoned for PdError {
     fn reason(&self) -> Reason {
         match self {
@@ -106,4 +114,17 @@ pub trait Pd: Send + Sync {
     /// `ttl_seconds = 0` removes `service_id`'s safepoint.
     async fn update_service_safepoint(&self, service_id: &str, ttl_seconds: i64, safe_point: u64) -> Result<SafepointUpdate>;
     async fn gc_safepoints(&self) -> Result<GcSafepoints>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PdError;
+
+    #[test]
+    fn a_missing_scheduler_is_told_by_pds_error_code() {
+        let answer = |status, body: &str| PdError::Status { what: "pause".into(), status, body: body.into() };
+        assert!(answer(500, "[PD:scheduler:ErrSchedulerNotFound]scheduler not found").is_scheduler_not_found());
+        assert!(!answer(500, "[PD:server:ErrServerNotStarted]server not started").is_scheduler_not_found());
+        assert!(!answer(404, "ErrSchedulerNotFound").is_scheduler_not_found());
+    }
 }

@@ -2,6 +2,8 @@
 //! must drain its operators; the min resolved ts becomes the backup's point in time, held by a service
 //! GC safepoint; a keeper then refreshes the pause until it is no longer wanted.
 
+pub mod apply;
+pub mod guard;
 pub mod keeper;
 
 use std::sync::Arc;
@@ -15,7 +17,9 @@ use crate::api::ConditionType;
 use crate::api::condition::{NewCondition, set_condition};
 use crate::pd::{Pd, SCHEDULERS_TO_PAUSE, pause_config_values};
 use crate::reason::Reason;
-use keeper::{KeeperJob, PauseGuard, apply_pause};
+use apply::apply_pause;
+use guard::PauseGuard;
+use keeper::KeeperJob;
 
 pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
     let pd = cx.clients.plan_pd(cx.journal.record.plan.as_ref()).await?;

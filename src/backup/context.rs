@@ -138,6 +138,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub backups: Store<Backup>,
     pub keepers: super::pause::keeper::Keepers,
+    pub error_backoff: super::ErrorBackoff,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Whether this replica may act (holds the leader Lease with margin).
     pub fence: Arc<crate::k8s::lease::Fence>,

@@ -80,10 +80,10 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action>
         if backup.meta().deletion_timestamp.is_some() {
             return Ok(cleanup::on_delete(run).await?.map_or_else(Action::await_change, Action::requeue));
         }
-        match run.run().await? {
-            Some(after) => Ok(Action::requeue(after)),
-            None => Ok(Action::await_change()),
-        }
+        let uid = run.journal.uid();
+        let after = run.run().await?;
+        ctx.error_backoff.succeeded(&uid);
+        Ok(after.map_or_else(Action::await_change, Action::requeue))
     }
     .instrument(span)
     .await
@@ -94,7 +94,26 @@ pub fn error_policy(backup: Arc<Backup>, error: &Error, ctx: Arc<Context>) -> Ac
     ctx.metrics.reconcile_error(error.reason().as_str());
     match error {
         Error::Record(_) => Action::await_change(),
-        _ => Action::requeue(Duration::from_secs(5)),
+        _ => Action::requeue(ctx.error_backoff.failed(backup.meta().uid.as_deref().unwrap_or_default())),
+    }
+}
+
+/// Consecutive reconcile errors per Backup: the retry waits 5 s, doubling up to a minute, so a lasting
+/// refusal (a missing permission) is not retried and logged every 5 s for ever, while a pass that works
+/// starts over. A minute at most, because a backup in flight must not wait long once Kubernetes is back.
+#[derive(Default)]
+pub struct ErrorBackoff(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+
+impl ErrorBackoff {
+    pub fn failed(&self, uid: &str) -> Duration {
+        let mut errors = self.0.lock().expect("error backoff");
+        let count = errors.entry(uid.to_string()).or_default();
+        *count = count.saturating_add(1);
+        (Duration::from_secs(5) * 2u32.saturating_pow(*count - 1).min(12)).min(Duration::from_secs(60))
+    }
+
+    pub fn succeeded(&self, uid: &str) {
+        self.0.lock().expect("error backoff").remove(uid);
     }
 }
 
@@ -134,6 +153,7 @@ pub async fn run(
         recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
         backups: controller.store(),
         keepers: Default::default(),
+        error_backoff: Default::default(),
         metrics: metrics.clone(),
         fence,
     });
@@ -173,3 +193,17 @@ pub async fn run(
     orphan_scan.abort();
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconcile_errors_back_off_per_backup_and_reset_on_success() {
+        let backoff = ErrorBackoff::default();
+        let delays: Vec<u64> = (0..6).map(|_| backoff.failed("a").as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 60, 60]);
+        assert_eq!(backoff.failed("b").as_secs(), 5, "per Backup");
+        backoff.succeeded("a");
+        assert_eq!(backoff.failed("a").as_secs(), 5);
+    }
+}

@@ -27,9 +27,20 @@ struct Args {
     /// TTL of the PD pause (schedulers, config, GC safepoint); refreshed every third of it.
     #[arg(long, env = "PAUSE_TTL_SECONDS", default_value_t = 120)]
     pause_ttl_seconds: u64,
-    /// CreateSnapshots calls in flight at once.
-    #[arg(long, env = "SNAPSHOT_CONCURRENCY", default_value_t = 8)]
+    /// At most this many CreateSnapshots calls in flight at once (0: no cap beyond the token bucket).
+    /// BR sends 8 at a time; that makes the pause grow with the cluster.
+    #[arg(long, env = "SNAPSHOT_CONCURRENCY", default_value_t = 0)]
     snapshot_concurrency: usize,
+    /// CreateSnapshots calls sent at once before pacing, as AWS's own bucket for the account and Region.
+    #[arg(long, env = "CREATE_SNAPSHOTS_BURST", default_value_t = 100)]
+    create_snapshots_burst: u32,
+    /// CreateSnapshots calls a second once the burst is spent (AWS refills its bucket at 5 a second).
+    #[arg(long, env = "CREATE_SNAPSHOTS_REFILL_PER_SECOND", default_value_t = 5.0)]
+    create_snapshots_refill_per_second: f64,
+    /// Pending snapshots the Region allows (AWS: 100 by default, raisable); a backup that would go
+    /// beyond it waits before pausing anything.
+    #[arg(long, env = "PENDING_SNAPSHOT_LIMIT", default_value_t = 100)]
+    pending_snapshot_limit: usize,
     /// How long one CreateSnapshots call may take; a replica taking over waits this long for calls of
     /// its predecessor to land before it looks them up by tag.
     #[arg(long, env = "CREATE_SNAPSHOTS_TIMEOUT_SECONDS", default_value_t = 30)]
@@ -86,6 +97,9 @@ async fn main() -> anyhow_free::Result {
         pd_url_template: args.pd_url_template,
         pause_ttl: Duration::from_secs(args.pause_ttl_seconds),
         snapshot_concurrency: args.snapshot_concurrency,
+        create_snapshots_burst: args.create_snapshots_burst,
+        create_snapshots_refill_per_second: args.create_snapshots_refill_per_second,
+        pending_snapshot_limit: args.pending_snapshot_limit,
         poll_interval: Duration::from_secs(args.poll_interval_seconds),
         claim_namespace: args.lease_namespace.clone(),
         create_snapshots_timeout: Duration::from_secs(args.create_snapshots_timeout_seconds.max(1)),

@@ -111,6 +111,8 @@ reasons! {
     PauseLapsed: Failure, "the pause may have lapsed before or while the CreateSnapshots calls were made";
     PauseWindowExceeded: Failure, "the snapshots were not all started within `spec.volumeBackupInitJobMaxActiveSeconds`";
     CreateSnapshotsFailed: Failure, "a CreateSnapshots call failed";
+    SnapshotQuotaExceeded: Failure, "AWS refused a snapshot for a quota (pending snapshots per Region or per volume) while PD was paused";
+    PendingSnapshotQuota: Progress, "waiting before the pause until the Region's pending snapshots leave room for this backup's";
     SnapshotFailed: Failure, "an EBS snapshot ended in `error`";
     SnapshotMissing: Failure, "an EBS snapshot of the backup no longer exists";
     BackupMetaInvalid: Failure, "the `backupmeta` could not be built";

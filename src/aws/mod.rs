@@ -3,6 +3,7 @@
 
 pub mod credentials;
 pub mod ec2;
+pub mod rate;
 pub mod retry;
 pub mod s3;
 
@@ -43,6 +44,7 @@ pub const THROTTLE_CODES: &[&str] = &[
 ];
 
 /// Codes of AWS's own failures (HTTP 5xx): the request may or may not have been carried out.
+pub const SNAPSHOT_QUOTA_CODES: &[&str] = &["PendingSnapshotLimitExceeded", "ConcurrentSnapshotLimitExceeded", "SnapshotCreationPerVolumeRateExceeded"];
 pub const SERVER_ERROR_CODES: &[&str] = &["InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable", "Unknown"];
 
 impl AwsError {
@@ -69,6 +71,12 @@ impl AwsError {
 
     pub fn is_throttle(&self) -> bool {
         matches!(self, Self::Throttled { .. })
+    }
+
+    /// A snapshot quota (pending snapshots per Region or per volume, snapshots per volume and time): it
+    /// clears only as snapshots complete, which can take far longer than a pause may last.
+    pub fn is_snapshot_quota(&self) -> bool {
+        matches!(self.code(), Some(code) if SNAPSHOT_QUOTA_CODES.contains(&code))
     }
 
     /// Whether the request may have taken effect although no answer says so (a lost reply, a timeout, a

@@ -21,11 +21,16 @@ where
         match result {
             Err(e) if e.is_throttle() && Instant::now() + delay < deadline => {
                 tracing::info!(%operation, error = %e, delay_ms = delay.as_millis() as u64, "AWS throttled; waiting");
-                let jitter = 0.5 + (jiff::Timestamp::now().subsec_nanosecond() as f64 / 1e9) * 0.5;
-                tokio::time::sleep(delay.mul_f64(jitter)).await;
+                jittered_sleep(delay).await;
                 delay = (delay * 2).min(backoff_max);
             }
             other => return other,
         }
     }
+}
+
+/// Sleeps between half and all of `delay`, so callers throttled together do not retry together.
+pub async fn jittered_sleep(delay: Duration) {
+    let jitter = 0.5 + (jiff::Timestamp::now().subsec_nanosecond() as f64 / 1e9) * 0.5;
+    tokio::time::sleep(delay.mul_f64(jitter)).await;
 }

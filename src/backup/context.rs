@@ -21,7 +21,13 @@ pub struct Settings {
     pub pause_ttl: Duration,
     /// How long to wait for PD's running operators to drain after pausing.
     pub quiet_wait: Duration,
+    /// CreateSnapshots calls in flight at most (0: as many as the token bucket lets through).
     pub snapshot_concurrency: usize,
+    /// The client-side token bucket for CreateSnapshots (AWS's: a burst of 100, refilled at 5 a second).
+    pub create_snapshots_burst: u32,
+    pub create_snapshots_refill_per_second: f64,
+    /// Pending snapshots the Region allows; checked in preflight, before anything is paused.
+    pub pending_snapshot_limit: usize,
     pub size_concurrency: usize,
     pub poll_interval: Duration,
     /// Upper bound on waiting out AWS throttling for one CreateSnapshots.
@@ -45,7 +51,10 @@ impl Default for Settings {
             pd_url_template: "http://{cluster}-pd.{namespace}:2379".into(),
             pause_ttl: Duration::from_secs(120),
             quiet_wait: Duration::from_secs(60),
-            snapshot_concurrency: 8,
+            snapshot_concurrency: 0,
+            create_snapshots_burst: 100,
+            create_snapshots_refill_per_second: 5.0,
+            pending_snapshot_limit: 100,
             size_concurrency: 8,
             poll_interval: Duration::from_secs(5),
             throttle_backoff_max: Duration::from_secs(30),
@@ -139,6 +148,8 @@ pub struct Context {
     pub backups: Store<Backup>,
     pub keepers: super::pause::keeper::Keepers,
     pub error_backoff: super::ErrorBackoff,
+    /// Paces CreateSnapshots across every backup of this operator (AWS meters the account and Region).
+    pub create_snapshots_bucket: Arc<crate::aws::rate::TokenBucket>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Whether this replica may act (holds the leader Lease with margin).
     pub fence: Arc<crate::k8s::lease::Fence>,

@@ -145,6 +145,7 @@ pub async fn run(
     let known = controller.store();
     let controller = controller.watches(backups, config, move |changed: Backup| queue::next_in_line(&known.state(), &changed));
     let reporter = kube::runtime::events::Reporter { controller: "tidb-ebs-backup".into(), instance: settings.instance.clone() };
+    let bucket = Arc::new(crate::aws::rate::TokenBucket::new(settings.create_snapshots_burst, settings.create_snapshots_refill_per_second));
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
@@ -154,6 +155,7 @@ pub async fn run(
         backups: controller.store(),
         keepers: Default::default(),
         error_backoff: Default::default(),
+        create_snapshots_bucket: bucket,
         metrics: metrics.clone(),
         fence,
     });

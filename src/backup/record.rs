@@ -36,6 +36,10 @@ pub struct BackupRecord {
     /// waits until calls of that round can no longer be in flight before it looks them up and resends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshots_requested_at: Option<i64>,
+    /// Unix seconds by which every call of the last round is sent or given up (calls are paced by the
+    /// token bucket, so a round's calls do not all leave at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots_sent_by: Option<i64>,
     /// volume id -> snapshot id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub snapshots: BTreeMap<String, String>,

@@ -15,8 +15,9 @@ use super::record::{Failure, InstancePlan};
 use super::run::{BackupRun, Outcome, StepResult};
 use crate::api::ConditionType;
 use crate::api::condition::{NewCondition, set_condition};
-use crate::aws::retry::retry_throttled;
-use crate::aws::{AwsError, SnapshotState};
+use crate::aws::rate::TokenBucket;
+use crate::aws::retry::jittered_sleep;
+use crate::aws::{AwsError, CreatedSnapshot, SnapshotState};
 use crate::k8s::lease::Fence;
 use crate::reason::Reason;
 
@@ -31,11 +32,11 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
         return Err(Failure::new(Reason::PauseWindowExceeded, message).into());
     }
     let pd = cx.clients.plan_pd(cx.journal.record.plan.as_ref()).await?;
-    let Some(guard) = ensure_keeper(cx, pd) else {
+    let Some(guard) = ensure_keeper(cx, pd, None) else {
         return Err(Failure::new(Reason::PauseLapsed, "PD was resumed before all snapshots were started").into());
     };
-    // A keeper that has just started (after a restart or a hand-over) refreshes at once: no call goes
-    // out before PD has confirmed the pause.
+    // A keeper started after a restart or a hand-over refreshes at once: no call goes out before PD has
+    // confirmed the pause (the pause step's own apply counts as that confirmation).
     let margin = pause_margin(cx);
     guard
         .first_refresh(Duration::from_secs((pause.ttl_seconds / 3).max(1)))
@@ -60,7 +61,11 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
         }
-        let reason = if matches!(e, CallError::PauseNotHeld(_)) { Reason::PauseLapsed } else { Reason::CreateSnapshotsFailed };
+        let reason = match e {
+            CallError::PauseNotHeld(_) => Reason::PauseLapsed,
+            CallError::Quota(_) => Reason::SnapshotQuotaExceeded,
+            CallError::Aws(_) | CallError::TooLate(_) => Reason::CreateSnapshotsFailed,
+        };
         // A timeout may hide a snapshot AWS did create: the failure step finds those by tag.
         return Err(Failure::new(reason, format!("snapshotting instance {instance}: {e}")).into());
     }
@@ -82,7 +87,7 @@ async fn wait_for_earlier_calls(cx: &BackupRun<'_>) {
     let record = &cx.journal.record;
     let unanswered = !record.snapshot_requests.is_empty() && !record.instances_without_snapshots().is_empty();
     let Some(sent) = record.snapshots_requested_at.filter(|_| unanswered) else { return };
-    let landed_by = sent + cx.ctx.settings.create_snapshots_timeout.as_secs() as i64 + 1;
+    let landed_by = record.snapshots_sent_by.unwrap_or(sent) + cx.ctx.settings.create_snapshots_timeout.as_secs() as i64 + 1;
     let wait = landed_by - unix_now();
     if wait > 0 {
         tracing::info!(wait_seconds = wait, "CreateSnapshots calls of an earlier process may still be in flight; waiting before looking them up");
@@ -95,20 +100,75 @@ async fn wait_for_earlier_calls(cx: &BackupRun<'_>) {
 enum CallError {
     #[error("{0}")]
     Aws(AwsError),
+    /// AWS refused for a snapshot quota, which clears only as snapshots complete: not waited out.
+    #[error("{0}")]
+    Quota(AwsError),
     #[error("not sent: {0}")]
     PauseNotHeld(String),
+    #[error("not sent: the round's calls had to be sent by {0} (unix seconds)")]
+    TooLate(i64),
 }
 
-/// One round of CreateSnapshots for every instance still without snapshots, all at once (bounded by
-/// `snapshot_concurrency`). Each call is sent only while the pause and the Lease are known to hold.
-/// Results are recorded as they come; the errors are returned.
+/// What every call of a round shares.
+struct Round {
+    snapshots: Arc<dyn crate::aws::Snapshots>,
+    bucket: Arc<TokenBucket>,
+    guard: Arc<PauseGuard>,
+    fence: Arc<Fence>,
+    metrics: Arc<crate::metrics::Metrics>,
+    margin: Duration,
+    call_timeout: Duration,
+    backoff_max: Duration,
+    deadline: Instant,
+    sent_by: i64,
+}
+
+impl Round {
+    /// One instance's CreateSnapshots: a token first, then sent only while the pause and the Lease are
+    /// known to hold; a throttling answer empties the bucket and is waited out.
+    async fn create(&self, instance: &InstancePlan, exclude: &[String], tags: &[(String, String)]) -> Result<Vec<CreatedSnapshot>, CallError> {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            self.bucket.take().await;
+            if unix_now() > self.sent_by {
+                return Err(CallError::TooLate(self.sent_by));
+            }
+            self.guard.check(self.margin).and_then(|()| leading(&self.fence)).map_err(CallError::PauseNotHeld)?;
+            let call = self.snapshots.create_snapshots(&instance.instance_id, exclude, tags);
+            let result = tokio::time::timeout(self.call_timeout, call).await.unwrap_or_else(|_| {
+                Err(AwsError::Transport { operation: "CreateSnapshots", message: format!("no answer within {}s", self.call_timeout.as_secs()) })
+            });
+            self.metrics.aws_call("CreateSnapshots", &result);
+            match result {
+                Err(e) if e.is_snapshot_quota() => return Err(CallError::Quota(e)),
+                Err(e) if e.is_throttle() && Instant::now() + delay < self.deadline => {
+                    tracing::info!(instance = %instance.instance_id, error = %e, "CreateSnapshots throttled; pacing down");
+                    self.bucket.throttled();
+                    jittered_sleep(delay).await;
+                    delay = (delay * 2).min(self.backoff_max);
+                }
+                other => return other.map_err(CallError::Aws),
+            }
+        }
+    }
+}
+
+/// One round of CreateSnapshots for every instance still without snapshots, all at once as far as the
+/// token bucket (and `snapshot_concurrency`, if set) allows. The round is recorded before any call and
+/// its results once every call has returned: the calls run while PD is paused, and a result lost to a
+/// crash is found by tag. The errors are returned.
 async fn send_create_snapshots(cx: &mut BackupRun<'_>, aws: &AwsClients, guard: &Arc<PauseGuard>, deadline: Instant) -> super::Result<Vec<(String, CallError)>> {
     let pending: Vec<InstancePlan> = cx.journal.record.instances_without_snapshots().into_iter().cloned().collect();
     if pending.is_empty() {
         return Ok(Vec::new());
     }
+    let settings = &cx.ctx.settings;
+    let bucket = cx.ctx.create_snapshots_bucket.clone();
     let requested: Vec<String> = pending.iter().map(|i| i.instance_id.clone()).collect();
     let sent_at = unix_now();
+    let pacing = bucket.time_for(pending.len()) + settings.throttle_backoff_max;
+    let window_end = sent_at + deadline.saturating_duration_since(Instant::now()).as_secs() as i64;
+    let sent_by = (sent_at + pacing.as_secs() as i64 + 1).min(window_end);
     cx.journal
         .save(|_, record, _| {
             for instance in &requested {
@@ -117,80 +177,63 @@ async fn send_create_snapshots(cx: &mut BackupRun<'_>, aws: &AwsClients, guard: 
                 }
             }
             record.snapshots_requested_at = Some(sent_at);
+            record.snapshots_sent_by = Some(sent_by);
         })
         .await?;
     crate::crash_point!("snapshot.after-requests");
     let plan = cx.journal.record.plan.clone().expect("plan recorded");
     let already: BTreeSet<String> = cx.journal.record.snapshots.keys().cloned().collect();
-    let settings = &cx.ctx.settings;
-    let (backoff_max, margin, call_timeout) = (settings.throttle_backoff_max, pause_margin(cx), settings.create_snapshots_timeout);
-    // Calls run as tasks so that recording one result never holds up the others.
-    let limit = Arc::new(tokio::sync::Semaphore::new(settings.snapshot_concurrency.max(1)));
+    let round = Arc::new(Round {
+        snapshots: aws.snapshots.clone(),
+        bucket,
+        guard: guard.clone(),
+        fence: cx.ctx.fence.clone(),
+        metrics: cx.ctx.metrics.clone(),
+        margin: pause_margin(cx),
+        call_timeout: settings.create_snapshots_timeout,
+        backoff_max: settings.throttle_backoff_max,
+        deadline,
+        sent_by,
+    });
+    let limit = (settings.snapshot_concurrency > 0).then(|| Arc::new(tokio::sync::Semaphore::new(settings.snapshot_concurrency)));
     let mut calls = tokio::task::JoinSet::new();
     for instance in pending {
         let tags = meta::snapshot_tags(&cx.journal.backup, &plan, &instance.instance_id);
         let mut exclude = instance.exclude_volume_ids.clone();
         exclude.extend(instance.volume_ids.iter().filter(|v| already.contains(*v)).cloned());
-        let snapshots = aws.snapshots.clone();
-        let metrics = cx.ctx.metrics.clone();
-        let (limit, guard, fence) = (limit.clone(), guard.clone(), cx.ctx.fence.clone());
+        let (round, limit) = (round.clone(), limit.clone());
         calls.spawn(async move {
-            let _permit = limit.acquire_owned().await.expect("semaphore is never closed");
-            let mut not_sent = None;
-            let result = retry_throttled(deadline, backoff_max, &metrics, "CreateSnapshots", || {
-                let fenced = guard.check(margin).and_then(|()| leading(&fence));
-                if let Err(why) = &fenced {
-                    not_sent = Some(why.clone());
-                }
-                let call = snapshots.create_snapshots(&instance.instance_id, &exclude, &tags);
-                async move {
-                    match fenced {
-                        Err(why) => Err(AwsError::Unexpected(why)),
-                        Ok(()) => tokio::time::timeout(call_timeout, call).await.unwrap_or_else(|_| {
-                            Err(AwsError::Transport { operation: "CreateSnapshots", message: format!("no answer within {}s", call_timeout.as_secs()) })
-                        }),
-                    }
-                }
-            })
-            .await;
+            let _permit = match limit {
+                Some(limit) => Some(limit.acquire_owned().await.expect("semaphore is never closed")),
+                None => None,
+            };
+            let result = round.create(&instance, &exclude, &tags).await;
             crate::crash_point!("snapshot.after-call");
-            let result = result.map_err(|e| match not_sent {
-                Some(why) => CallError::PauseNotHeld(why),
-                None => CallError::Aws(e),
-            });
             (instance, result)
         });
     }
-    let total = plan.instances.iter().map(|i| i.volume_ids.len()).sum::<usize>().max(1);
+    let mut created = Vec::new();
     let mut errors = Vec::new();
     while let Some(joined) = calls.join_next().await {
-        // Results that arrived meanwhile are recorded in the same write.
-        let mut ready = vec![joined];
-        while let Some(more) = calls.try_join_next() {
-            ready.push(more);
-        }
-        let mut batch = Vec::new();
-        for joined in ready {
-            let (instance, result) = joined.expect("CreateSnapshots task panicked");
-            match result {
-                Ok(created) => {
-                    if created.iter().any(|c| !instance.volume_ids.contains(&c.volume_id)) {
-                        tracing::error!(instance = %instance.instance_id, ?created, "CreateSnapshots snapshotted volumes it was told to exclude");
-                    }
-                    batch.extend(created);
+        let (instance, result) = joined.expect("CreateSnapshots task panicked");
+        match result {
+            Ok(snapshots) => {
+                if snapshots.iter().any(|c| !instance.volume_ids.contains(&c.volume_id)) {
+                    tracing::error!(instance = %instance.instance_id, ?snapshots, "CreateSnapshots snapshotted volumes it was told to exclude");
                 }
-                Err(e) => {
-                    tracing::warn!(instance = %instance.instance_id, error = %e, "CreateSnapshots failed");
-                    errors.push((instance.instance_id.clone(), e));
-                }
+                created.extend(snapshots);
+            }
+            Err(e) => {
+                tracing::warn!(instance = %instance.instance_id, error = %e, "CreateSnapshots failed");
+                errors.push((instance.instance_id.clone(), e));
             }
         }
-        if batch.is_empty() {
-            continue;
-        }
+    }
+    if !created.is_empty() {
+        let total = plan.instances.iter().map(|i| i.volume_ids.len()).sum::<usize>().max(1);
         cx.journal
             .save(|status, record, now| {
-                for c in &batch {
+                for c in &created {
                     record.snapshots.insert(c.volume_id.clone(), c.snapshot_id.clone());
                 }
                 let message = format!("{} of {total} snapshots started", record.snapshots.len());
@@ -198,7 +241,7 @@ async fn send_create_snapshots(cx: &mut BackupRun<'_>, aws: &AwsClients, guard: 
             })
             .await?;
         crate::crash_point!("snapshot.after-save");
-        cx.ctx.metrics.snapshots_started(batch.len());
+        cx.ctx.metrics.snapshots_started(created.len());
     }
     Ok(errors)
 }

@@ -47,6 +47,8 @@ pub struct KeeperJob {
     pub metrics: Arc<Metrics>,
     pub cache: Store<Backup>,
     pub events: Publisher,
+    /// When this process applied the pause itself, just now: that counts as the first refresh.
+    pub applied_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -99,7 +101,7 @@ impl KeeperJob {
     async fn run(self, guard: Arc<PauseGuard>) {
         let interval = Duration::from_secs((self.pause.ttl_seconds / 3).max(1));
         let retry = Duration::from_secs(2).min(interval);
-        let mut next_refresh = Instant::now();
+        let mut next_refresh = self.applied_at.map_or_else(Instant::now, |applied| applied + interval);
         let mut failing = false;
         self.metrics.keeper_started();
         let why = loop {
@@ -248,6 +250,9 @@ impl Keepers {
             return guard.clone();
         }
         let guard = Arc::new(PauseGuard::from_record(&job.pause));
+        if let Some(applied) = job.applied_at {
+            guard.confirmed(applied);
+        }
         let uid = job.uid.clone();
         let handle = tokio::spawn(job.run(guard.clone()));
         running.insert(uid, (handle, guard.clone()));

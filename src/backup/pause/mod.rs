@@ -65,6 +65,7 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
         return Ok(Outcome::Continue);
     }
     crate::crash_point!("pause.after-intent");
+    let applied_at = Instant::now();
     apply_pause(pd.as_ref(), &pause).await.map_err(|e| Failure::new(Reason::PDPauseFailed, format!("pausing PD scheduling: {e}")))?;
     crate::crash_point!("pause.after-apply");
     // The keeper starts only after the resolved ts is known, so the wait must end well within the TTL.
@@ -97,12 +98,13 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
         })
         .await?;
     crate::crash_point!("pause.after-save");
-    ensure_keeper(cx, pd);
+    ensure_keeper(cx, pd, Some(applied_at));
     Ok(Outcome::Continue)
 }
 
-/// The keeper of this backup's pause (started if none runs, refreshing at once); `None` once resumed.
-pub fn ensure_keeper(cx: &BackupRun<'_>, pd: Arc<dyn Pd>) -> Option<Arc<PauseGuard>> {
+/// The keeper of this backup's pause (started if none runs); `None` once resumed. A keeper refreshes at
+/// once unless this process has just applied the pause itself (`applied_at`).
+pub fn ensure_keeper(cx: &BackupRun<'_>, pd: Arc<dyn Pd>, applied_at: Option<Instant>) -> Option<Arc<PauseGuard>> {
     let journal = &cx.journal;
     let pause = journal.record.pause.clone().filter(|_| !journal.record.resumed)?;
     Some(cx.ctx.keepers.start(KeeperJob {
@@ -119,6 +121,7 @@ pub fn ensure_keeper(cx: &BackupRun<'_>, pd: Arc<dyn Pd>) -> Option<Arc<PauseGua
         metrics: cx.ctx.metrics.clone(),
         cache: cx.ctx.backups.clone(),
         events: journal.events.clone(),
+        applied_at,
     }))
 }
 

@@ -12,6 +12,9 @@ use crate::backup::record::Failure;
 use crate::backup::run::BackupRun;
 use crate::k8s::volumes::resolve_volumes;
 
+/// DescribeInstances calls at once (AWS allows bursts of 100 for describe calls).
+const LOOKUP_CONCURRENCY: usize = 16;
+
 pub async fn dereference(cx: &mut BackupRun<'_>) -> Result<Result<(ClusterView, AwsClients), Failure>, kube::Error> {
     let cluster = cx.journal.backup.spec.br.cluster.clone();
     let namespace = cx.journal.backup.cluster_namespace();
@@ -55,7 +58,7 @@ async fn read(cx: &mut BackupRun<'_>, namespace: String, cluster: String, facts:
         let snapshots = aws.snapshots.clone();
         async move { snapshots.instance_volumes(&instance_id).await.map(|attached| (instance_id, attached)) }
     });
-    let attached: Vec<_> = futures::stream::iter(lookups).buffer_unordered(cx.ctx.settings.snapshot_concurrency.max(1)).collect().await;
+    let attached: Vec<_> = futures::stream::iter(lookups).buffer_unordered(LOOKUP_CONCURRENCY).collect().await;
     view.attached = attached.into_iter().collect::<Result<_, _>>()?;
     Ok((view, aws))
 }

@@ -7,6 +7,8 @@ pub mod backup;
 pub mod k8s;
 pub mod metrics;
 pub mod pd;
+#[cfg(test)]
+pub(crate) mod testkit;
 
 /// Picks rustls's process-wide crypto provider. Both `ring` (kube, reqwest) and `aws-lc-rs` (the AWS
 /// SDK) are linked, so rustls cannot choose by itself; call this before creating any client.

@@ -2,6 +2,7 @@
 //! keyed by (collection path, namespace, name), with the write rules this crate relies on (see `store`),
 //! fault injection by (verb, path regex), and a log of every request.
 
+mod error;
 mod patch;
 mod route;
 mod store;
@@ -23,8 +24,11 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::faults::{FaultPlan, Times};
+pub use patch::merge as merge_patch;
 use route::{Target, query_param};
-use store::{ApiError, Objects, PatchKind};
+use error::ApiError;
+use patch::PatchKind;
+use store::Objects;
 
 /// What a request does, as RBAC and the fault plans name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +45,7 @@ pub enum Verb {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApiFault {
-    /// Answer this HTTP code with a `Status` body; nothing is done.
+    /// Answer this HTTP code with a `Status` body (and the reason the API server gives it); nothing is done.
     Status(u16),
     /// The connection fails before the request reaches the server (`kube::Error::Service`).
     Unreachable,
@@ -176,7 +180,7 @@ impl FakeApiServer {
         };
         let answer = match fault {
             Some(ApiFault::Unreachable) => return Err(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "fake API server: unreachable")),
-            Some(ApiFault::Status(code)) => Err(ApiError::new(code, "InjectedFault", format!("fault injected by the test ({code})"))),
+            Some(ApiFault::Status(code)) => Err(ApiError::injected(code)),
             Some(ApiFault::Delay(delay)) => {
                 tokio::time::sleep(delay).await;
                 self.serve(verb, target.as_ref(), &query, &parts.headers, body)

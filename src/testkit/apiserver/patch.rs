@@ -3,6 +3,28 @@
 
 use serde_json::Value;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchKind {
+    Merge,
+    /// Applied as a merge patch: the same for the objects and fields this crate writes.
+    StrategicMerge,
+    Json,
+    /// Server-side apply, approximated as a merge patch that may create.
+    Apply,
+}
+
+impl PatchKind {
+    pub fn from_content_type(content_type: &str) -> Option<Self> {
+        match content_type.split(';').next().unwrap_or_default().trim() {
+            "application/merge-patch+json" => Some(Self::Merge),
+            "application/strategic-merge-patch+json" => Some(Self::StrategicMerge),
+            "application/json-patch+json" => Some(Self::Json),
+            "application/apply-patch+yaml" => Some(Self::Apply),
+            _ => None,
+        }
+    }
+}
+
 /// RFC 7386: objects merge key by key, `null` deletes, anything else replaces.
 pub fn merge(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {

@@ -5,67 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use super::patch;
+use super::error::{ApiError, Result};
+use super::patch::{self, PatchKind};
 use super::route::{Target, selector_matches};
 
 /// (collection path without namespace, namespace or "", name).
 pub type Key = (String, String, String);
-
-/// A refusal as the API server answers it: an HTTP code and a `Status` body.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ApiError {
-    pub code: u16,
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into() }
-    }
-
-    fn not_found(t: &Target, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} {name:?} not found", t.qualified()))
-    }
-
-    fn conflict(t: &Target, name: &str, why: &str) -> Self {
-        Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {} {name:?}: {why}", t.qualified()))
-    }
-
-    pub fn no_such_resource() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
-    }
-
-    pub fn status_body(&self, target: Option<&Target>) -> Value {
-        let details = target.map(|t| json!({"name": t.name, "group": t.group, "kind": t.plural}));
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "message": self.message, "reason": self.reason, "details": details, "code": self.code})
-    }
-}
-
-pub type Result<T, E = ApiError> = std::result::Result<T, E>;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PatchKind {
-    Merge,
-    /// Applied as a merge patch: the same for the objects and fields this crate writes.
-    StrategicMerge,
-    Json,
-    /// Server-side apply, approximated as a merge patch that may create.
-    Apply,
-}
-
-impl PatchKind {
-    pub fn from_content_type(content_type: &str) -> Option<Self> {
-        match content_type.split(';').next().unwrap_or_default().trim() {
-            "application/merge-patch+json" => Some(Self::Merge),
-            "application/strategic-merge-patch+json" => Some(Self::StrategicMerge),
-            "application/json-patch+json" => Some(Self::Json),
-            "application/apply-patch+yaml" => Some(Self::Apply),
-            _ => None,
-        }
-    }
-}
 
 pub struct Objects {
     items: BTreeMap<Key, Value>,

@@ -113,6 +113,7 @@ async fn lists_filter_by_equality_selectors_and_generate_name_makes_names() {
     let names = |list: kube::core::ObjectList<ConfigMap>| list.items.into_iter().map(|c| c.metadata.name.unwrap()).collect::<Vec<_>>();
     assert_eq!(names(api.list(&ListParams::default().labels("app=a,tier!=y")).await.unwrap()), vec!["one"]);
     assert_eq!(names(api.list(&ListParams::default().labels("app=a")).await.unwrap()).len(), 2);
+    assert!(server.requests_matching(Verb::List, "/configmaps$")[0].query.contains("labelSelector=app%3Da"));
     let mut generated = config_map("", json!({}));
     generated.metadata.name = None;
     generated.metadata.generate_name = Some("gen-".into());
@@ -128,7 +129,15 @@ async fn faults_answer_codes_drop_connections_or_lose_replies_and_everything_is_
     let api: Api<Lease> = Api::namespaced(server.client(), "ns");
     let lease: Lease = serde_json::from_value(json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": "me"}})).unwrap();
     server.fail(Verb::Create, "/leases$", Times::Next(1), ApiFault::Status(503));
-    assert_eq!(api_code(api.create(&PostParams::default(), &lease).await.unwrap_err()), 503);
+    match api.create(&PostParams::default(), &lease).await.unwrap_err() {
+        kube::Error::Api(status) => assert_eq!((status.code, status.reason.as_str()), (503, "ServiceUnavailable")),
+        other => panic!("{other}"),
+    }
+    server.fail(Verb::Create, "/leases$", Times::Next(1), ApiFault::Status(409));
+    match api.create(&PostParams::default(), &lease).await.unwrap_err() {
+        kube::Error::Api(status) => assert!(status.is_conflict(), "an injected code carries its reason: {status:?}"),
+        other => panic!("{other}"),
+    }
     server.fail(Verb::Create, "/leases$", Times::Next(1), ApiFault::LostReply);
     assert!(matches!(api.create(&PostParams::default(), &lease).await.unwrap_err(), kube::Error::Service(_)));
     assert!(api.get_opt("l").await.unwrap().is_some(), "a lost reply still took effect");
@@ -140,7 +149,7 @@ async fn faults_answer_codes_drop_connections_or_lose_replies_and_everything_is_
     api.get("l").await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(20));
     let creates = server.requests_matching(Verb::Create, "/namespaces/ns/leases$");
-    assert_eq!(creates.iter().map(|r| r.code).collect::<Vec<_>>(), vec![Some(503), Some(201)]);
+    assert_eq!(creates.iter().map(|r| r.code).collect::<Vec<_>>(), vec![Some(503), Some(409), Some(201)]);
     assert_eq!(creates[0].body.as_ref().unwrap()["spec"]["holderIdentity"], "me");
     let gets = server.requests().into_iter().filter(|r| r.verb == Verb::Get).count();
     assert_eq!(gets, 3, "the unreachable one is logged too");

@@ -128,7 +128,15 @@ impl FakeSnapshots {
         root
     }
 
-    /// A data volume (attached when `info.instance_id` is set) with 1 GiB written.
+    /// A new data volume, attached to `instance_id` if given, with 1 GiB written; returns its id.
+    pub fn create_volume(&self, availability_zone: &str, size_gib: i64, instance_id: Option<&str>, tags: &[(&str, &str)]) -> String {
+        let volume_id = self.lock().new_id("vol");
+        let info = VolumeInfo { volume_id: volume_id.clone(), availability_zone: availability_zone.into(), size_gib, instance_id: instance_id.map(String::from) };
+        self.add_volume(info, tags);
+        volume_id
+    }
+
+    /// A data volume with the id given (attached when `info.instance_id` is set), with 1 GiB written.
     pub fn add_volume(&self, info: VolumeInfo, tags: &[(&str, &str)]) {
         let tags = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.lock().volumes.insert(info.volume_id.clone(), Volume { info, tags, written_bytes: GIB });
@@ -283,7 +291,10 @@ impl Snapshots for FakeSnapshots {
     async fn changed_block_bytes(&self, first_snapshot_id: &str, second_snapshot_id: &str) -> Result<u64> {
         let lost = self.gate.enter(Ec2Method::ChangedBlockBytes, format!("{first_snapshot_id}..{second_snapshot_id}")).await?;
         let ec2 = self.lock();
-        let bytes = |id: &str| ec2.snapshots.get(id).map(|s| s.bytes).ok_or_else(|| service_error("ListChangedBlocks", "ResourceNotFoundException", format!("snapshot {id} not found")));
+        let bytes = |id: &str| {
+            let missing = || service_error("ListChangedBlocks", "ResourceNotFoundException", format!("snapshot {id} not found"));
+            ec2.snapshots.get(id).map(|s| s.bytes).ok_or_else(missing)
+        };
         let (first, second) = (bytes(first_snapshot_id)?, bytes(second_snapshot_id)?);
         answer(lost, second.saturating_sub(first))
     }

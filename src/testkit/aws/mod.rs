@@ -46,9 +46,14 @@ pub trait Operation: Copy + PartialEq + Send + 'static {
     fn operation(self) -> &'static str;
 }
 
+struct GateState<M> {
+    faults: FaultPlan<M, AwsFault>,
+    calls: Vec<AwsCall<M>>,
+}
+
 /// The faults and call log of one fake.
 pub(crate) struct Gate<M> {
-    inner: Arc<Mutex<(FaultPlan<M, AwsFault>, Vec<AwsCall<M>>)>>,
+    inner: Arc<Mutex<GateState<M>>>,
 }
 
 impl<M> Clone for Gate<M> {
@@ -59,21 +64,21 @@ impl<M> Clone for Gate<M> {
 
 impl<M> Default for Gate<M> {
     fn default() -> Self {
-        Self { inner: Arc::new(Mutex::new((FaultPlan::default(), Vec::new()))) }
+        Self { inner: Arc::new(Mutex::new(GateState { faults: FaultPlan::default(), calls: Vec::new() })) }
     }
 }
 
 impl<M: Operation> Gate<M> {
     pub fn fail(&self, method: M, times: Times, fault: AwsFault) {
-        self.inner.lock().expect("gate").0.add(method, times, fault);
+        self.inner.lock().expect("gate").faults.add(method, times, fault);
     }
 
     pub fn clear(&self) {
-        self.inner.lock().expect("gate").0.clear();
+        self.inner.lock().expect("gate").faults.clear();
     }
 
     pub fn calls(&self) -> Vec<AwsCall<M>> {
-        self.inner.lock().expect("gate").1.clone()
+        self.inner.lock().expect("gate").calls.clone()
     }
 
     /// Logs the call and applies its fault: `Err` means "fail without doing it"; `Ok(Some(e))` means
@@ -84,8 +89,8 @@ impl<M: Operation> Gate<M> {
     {
         let fault = {
             let mut inner = self.inner.lock().expect("gate");
-            inner.1.push(AwsCall { method, detail });
-            inner.0.take(|m| *m == method)
+            inner.calls.push(AwsCall { method, detail });
+            inner.faults.take(|m| *m == method)
         };
         let operation = method.operation();
         match fault {

@@ -85,7 +85,7 @@ async fn faults_throttle_fail_or_lose_the_answer_after_the_call_took_effect() {
 #[tokio::test]
 async fn the_meta_store_writes_under_its_prefix_once_and_knows_missing_buckets() {
     let s3 = FakeS3::new();
-    let store = s3.store("bucket", "/backups/b1/");
+    let store: FakeMetaStore = s3.store("bucket", "/backups/b1/");
     assert_eq!(store.check_bucket().await.unwrap_err().code(), Some("NoSuchBucket"));
     s3.add_bucket("bucket");
     store.check_bucket().await.unwrap();

@@ -4,10 +4,10 @@
 //! min resolved ts. TTLs run on `tokio::time::Instant`, so a test under `tokio::time::pause()` can
 //! `advance` past them.
 
+mod state;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -15,8 +15,9 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use super::faults::{FaultPlan, Times};
+use super::faults::Times;
 use crate::pd::{GcSafepoints, MinResolvedTs, PAUSED_CONFIG, Pd, PdError, Result, SafepointUpdate, ServiceSafepoint, Store};
+use state::{DEFAULT_SCHEDULERS, GC_WORKER, State};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PdMethod {
@@ -50,50 +51,6 @@ pub struct PdCall {
     pub detail: String,
 }
 
-const GC_WORKER: &str = "gc_worker";
-const DEFAULT_SCHEDULERS: &[&str] = &[
-    "balance-hot-region-scheduler",
-    "balance-leader-scheduler",
-    "balance-region-scheduler",
-    "evict-slow-store-scheduler",
-    "evict-stopping-store-scheduler",
-];
-
-struct State {
-    version: String,
-    stores: Vec<Store>,
-    /// name -> paused until.
-    schedulers: BTreeMap<String, Option<Instant>>,
-    config: Map<String, Value>,
-    /// dotted key -> (value, until).
-    overrides: BTreeMap<String, (Value, Instant)>,
-    operators: Vec<String>,
-    min_resolved_ts: MinResolvedTs,
-    gc_safe_point: u64,
-    /// service id -> (safepoint, until).
-    safepoints: BTreeMap<String, (u64, Instant)>,
-    faults: FaultPlan<PdMethod, PdFault>,
-    calls: Vec<PdCall>,
-}
-
-impl State {
-    fn expire(&mut self, now: Instant) {
-        for until in self.schedulers.values_mut() {
-            if until.is_some_and(|t| t <= now) {
-                *until = None;
-            }
-        }
-        self.overrides.retain(|_, (_, until)| *until > now);
-        self.safepoints.retain(|_, (_, until)| *until > now);
-    }
-
-    /// The lowest service safepoint (gc_worker's counts, and never expires), leaving out `except`.
-    fn min_safepoint(&self, except: Option<&str>) -> (String, u64) {
-        let others = self.safepoints.iter().filter(|(id, _)| Some(id.as_str()) != except).map(|(id, (sp, _))| (id.clone(), *sp));
-        std::iter::once((GC_WORKER.to_string(), self.gc_safe_point)).chain(others).min_by_key(|(_, sp)| *sp).expect("gc_worker is always there")
-    }
-}
-
 #[derive(Clone)]
 pub struct FakePd {
     state: Arc<Mutex<State>>,
@@ -105,34 +62,10 @@ impl Default for FakePd {
     }
 }
 
-fn schedule_config() -> Map<String, Value> {
-    let config = json!({
-        "max-snapshot-count": 64, "max-pending-peer-count": 64, "max-merge-region-size": 54,
-        "leader-schedule-limit": 4, "region-schedule-limit": 2048, "replica-schedule-limit": 64,
-        "merge-schedule-limit": 8, "hot-region-schedule-limit": 4,
-        "enable-location-replacement": "true", "enable-tikv-split-region": "true", "max-store-down-time": "30m0s",
-    });
-    config.as_object().cloned().expect("an object")
-}
-
 impl FakePd {
     /// PD 8.5.5 with its five default schedulers, no stores, GC at 0 and a real-time resolved ts of now.
     pub fn new() -> Self {
-        let now_ms = jiff::Timestamp::now().as_millisecond() as u64;
-        let state = State {
-            version: "8.5.5".into(),
-            stores: Vec::new(),
-            schedulers: DEFAULT_SCHEDULERS.iter().map(|s| (s.to_string(), None)).collect(),
-            config: schedule_config(),
-            overrides: BTreeMap::new(),
-            operators: Vec::new(),
-            min_resolved_ts: MinResolvedTs { ts: now_ms << 18, is_real_time: true },
-            gc_safe_point: 0,
-            safepoints: BTreeMap::new(),
-            faults: FaultPlan::default(),
-            calls: Vec::new(),
-        };
-        Self { state: Arc::new(Mutex::new(state)) }
+        Self { state: Arc::new(Mutex::new(State::new())) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -1,6 +1,4 @@
 use super::*;
-use crate::backup::keeper::{apply_pause, undo_pause};
-use crate::backup::record::PauseRecord;
 
 fn store(id: u64, labels: &[(&str, &str)]) -> Store {
     Store {
@@ -91,27 +89,25 @@ async fn faults_fail_the_next_calls_or_all_of_them_or_delay_them_and_calls_are_l
     assert_eq!(pd.min_resolved_ts().await.unwrap(), MinResolvedTs { ts: 7, is_real_time: false });
 }
 
-/// The crate's own pause and resume, against the fake.
+/// A pause as the crate builds it (`pause_config_values`), and its undo, hold and release everything.
 #[tokio::test(start_paused = true)]
-async fn the_keepers_apply_and_undo_hold_and_release_everything() {
+async fn a_full_pause_and_its_undo() {
     let pd = FakePd::new();
     let config = pd.schedule_config().await.unwrap();
-    let (paused_config, original_config) = crate::pd::pause_config_values(&config, 3);
-    let pause = PauseRecord {
-        service_safepoint_id: "tidb-ebs-backup-uid".into(),
-        ttl_seconds: 30,
-        paused_at: 0,
-        refreshed_at: 0,
-        schedulers: vec!["balance-leader-scheduler".into(), "balance-region-scheduler".into()],
-        paused_config,
-        original_config,
-        safepoint: Some(10),
-    };
-    apply_pause(&pd, &pause).await.unwrap();
-    assert_eq!(pd.paused_scheduler_names(), pause.schedulers);
+    let (paused, original) = crate::pd::pause_config_values(&config, 3);
+    for scheduler in pd.schedulers().await.unwrap() {
+        pd.pause_scheduler(&scheduler, 30).await.unwrap();
+    }
+    pd.set_config_with_ttl(&paused, 30).await.unwrap();
+    pd.update_service_safepoint("tidb-ebs-backup-uid", 30, 10).await.unwrap();
+    assert_eq!(pd.paused_scheduler_names().len(), DEFAULT_SCHEDULERS.len());
     assert_eq!(pd.config_override("schedule.max-snapshot-count"), Some(json!(40)));
     assert_eq!(pd.safepoint("tidb-ebs-backup-uid"), Some(10));
-    undo_pause(&pd, &pause).await.unwrap();
+    for scheduler in pd.schedulers().await.unwrap() {
+        pd.pause_scheduler(&scheduler, 0).await.unwrap();
+    }
+    pd.set_config_with_ttl(&original, 0).await.unwrap();
+    pd.update_service_safepoint("tidb-ebs-backup-uid", 0, 0).await.unwrap();
     assert!(!pd.is_paused());
     assert_eq!(pd.safepoint("tidb-ebs-backup-uid"), None);
 }

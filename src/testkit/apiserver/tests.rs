@@ -181,3 +181,18 @@ async fn json_patches_token_requests_and_events() {
     assert_eq!(events.len(), 1, "the second is a patch of the first");
     assert_eq!(events[0].series.as_ref().map(|s| s.count), Some(2));
 }
+
+/// The crate's leader election against the fake: the Lease is taken once, guarded by its resourceVersion.
+#[tokio::test]
+async fn one_replica_takes_the_leader_lease_and_another_waits() {
+    use crate::k8s::lease::{Fence, LeaderLease};
+    let server = FakeApiServer::new();
+    let (first, second) = (Fence::leased(Duration::from_secs(1)), Fence::leased(Duration::from_secs(1)));
+    let lease = |identity: &str| LeaderLease::new(server.client(), "ops", "leader", identity, Duration::from_secs(15));
+    lease("a").acquire(&first).await.unwrap();
+    assert!(first.held());
+    let waiting = tokio::time::timeout(Duration::from_millis(500), lease("b").acquire(&second)).await;
+    assert!(waiting.is_err() && !second.held(), "b waits while a's Lease is fresh");
+    let stored = server.get::<Lease>(Some("ops"), "leader").unwrap();
+    assert_eq!(stored.spec.unwrap().holder_identity.as_deref(), Some("a"));
+}

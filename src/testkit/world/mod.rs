@@ -2,6 +2,10 @@
 //! needs, with a loop that drives `crate::backup::reconcile` as the controller would (requeues slept,
 //! a pass that changed the Backup followed by another, as its watch event would cause).
 //!
+//! It runs on real time. The reconciler and its pause keeper read `std::time::Instant` and jiff's wall
+//! clock, so under `tokio::time::pause()` the keeper's one-second sleeps would race FakePd's TTLs (on
+//! Tokio's clock) ahead of the keeper's own idea of time; the test settings keep the waits short instead.
+//!
 //! ```ignore
 //! let world = World::builder().stores(3).volumes_per_store(2).build();
 //! world.create_backup("b1", json!({"cleanPolicy": "Delete"}));

@@ -8,6 +8,8 @@ pub mod k8s;
 pub mod metrics;
 pub mod pd;
 pub mod reason;
+#[cfg(test)]
+pub(crate) mod testkit;
 
 /// Picks rustls's process-wide crypto provider. Both `ring` (kube, reqwest) and `aws-lc-rs` (the AWS
 /// SDK) are linked, so rustls cannot choose by itself; call this before creating any client.

@@ -154,3 +154,25 @@ pub struct Context {
     /// Whether this replica may act (holds the leader Lease with margin).
     pub fence: Arc<crate::k8s::lease::Fence>,
 }
+
+impl Context {
+    /// What every reconcile of one operator process shares; the Events name `settings.instance` as
+    /// the reporting instance.
+    pub fn new(client: kube::Client, settings: Settings, connectors: Arc<dyn Connectors>, backups: Store<Backup>, metrics: Arc<crate::metrics::Metrics>, fence: Arc<crate::k8s::lease::Fence>) -> Self {
+        let reporter = kube::runtime::events::Reporter { controller: "tidb-ebs-backup".into(), instance: settings.instance.clone() };
+        let bucket = crate::aws::rate::TokenBucket::new(settings.create_snapshots_burst, settings.create_snapshots_refill_per_second);
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            connectors,
+            writer: Arc::new(StatusWriter::new()),
+            backups,
+            keepers: Default::default(),
+            error_backoff: Default::default(),
+            create_snapshots_bucket: Arc::new(bucket),
+            metrics,
+            fence,
+        }
+    }
+}

@@ -144,21 +144,7 @@ pub async fn run(
     // once instead of at its next poll.
     let known = controller.store();
     let controller = controller.watches(backups, config, move |changed: Backup| queue::next_in_line(&known.state(), &changed));
-    let reporter = kube::runtime::events::Reporter { controller: "tidb-ebs-backup".into(), instance: settings.instance.clone() };
-    let bucket = Arc::new(crate::aws::rate::TokenBucket::new(settings.create_snapshots_burst, settings.create_snapshots_refill_per_second));
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        settings,
-        connectors,
-        writer: Arc::new(crate::k8s::StatusWriter::new()),
-        recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
-        backups: controller.store(),
-        keepers: Default::default(),
-        error_backoff: Default::default(),
-        create_snapshots_bucket: bucket,
-        metrics: metrics.clone(),
-        fence,
-    });
+    let ctx = Arc::new(Context::new(client.clone(), settings, connectors, controller.store(), metrics.clone(), fence));
     let orphan_scan = tokio::spawn(orphans::scan_forever(
         client.clone(),
         ctx.connectors.clone(),

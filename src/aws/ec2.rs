@@ -23,8 +23,10 @@ impl Ec2Snapshots {
     }
 
     /// This account's snapshots matching `filter`, every page.
-    async fn snapshots_matching(&self, filter: Filter) -> Result<Vec<SnapshotInfo>> {
-        let mut pages = self.ec2.describe_snapshots().owner_ids("self").filters(filter).max_results(1000).into_paginator().send();
+    /// This account's snapshots matching every filter, all pages.
+    async fn snapshots_matching(&self, filters: Vec<Filter>) -> Result<Vec<SnapshotInfo>> {
+        let request = self.ec2.describe_snapshots().owner_ids("self").set_filters(Some(filters)).max_results(1000);
+        let mut pages = request.into_paginator().send();
         let mut snapshots = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
@@ -184,30 +186,22 @@ impl Snapshots for Ec2Snapshots {
     }
 
     async fn find_snapshots_by_tag(&self, key: &str, value: &str) -> Result<Vec<SnapshotInfo>> {
-        self.snapshots_matching(Filter::builder().name(format!("tag:{key}")).values(value).build()).await
+        self.snapshots_matching(vec![Filter::builder().name(format!("tag:{key}")).values(value).build()]).await
     }
 
     async fn find_snapshots_with_tag_key(&self, key: &str) -> Result<Vec<SnapshotInfo>> {
-        self.snapshots_matching(Filter::builder().name("tag-key").values(key).build()).await
+        self.snapshots_matching(vec![Filter::builder().name("tag-key").values(key).build()]).await
     }
 
     async fn completed_snapshots_of_volume(&self, volume_id: &str) -> Result<Vec<SnapshotInfo>> {
-        let mut pages = self
-            .ec2
-            .describe_snapshots()
-            .owner_ids("self")
-            .filters(Filter::builder().name("volume-id").values(volume_id).build())
-            .filters(Filter::builder().name("status").values("completed").build())
-            .max_results(1000)
-            .into_paginator()
-            .send();
-        let mut snapshots = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))?;
-            snapshots.extend(page.snapshots().iter().map(to_info));
-        }
+        let volume = Filter::builder().name("volume-id").values(volume_id).build();
+        let mut snapshots = self.snapshots_matching(vec![volume, Filter::builder().name("status").values("completed").build()]).await?;
         snapshots.sort_by_key(|s| s.start_time);
         Ok(snapshots)
+    }
+
+    async fn pending_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        self.snapshots_matching(vec![Filter::builder().name("status").values("pending").build()]).await
     }
 
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {

@@ -168,6 +168,8 @@ pub trait Snapshots: Send + Sync {
     async fn find_snapshots_with_tag_key(&self, key: &str) -> Result<Vec<SnapshotInfo>>;
     /// Completed snapshots of a volume, oldest first.
     async fn completed_snapshots_of_volume(&self, volume_id: &str) -> Result<Vec<SnapshotInfo>>;
+    /// This account's snapshots still pending in the Region (they count against its pending quota).
+    async fn pending_snapshots(&self) -> Result<Vec<SnapshotInfo>>;
     /// Deletes a snapshot; one that no longer exists counts as deleted.
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()>;
     /// Bytes held by a snapshot (EBS ListSnapshotBlocks).

@@ -40,6 +40,7 @@ async fn read(cx: &mut BackupRun<'_>, namespace: String, cluster: String, facts:
     let volume_ids: Vec<String> =
         volumes.tikv.iter().flat_map(|s| s.volumes.iter().map(|v| v.volume_id.clone())).chain(volumes.pd.iter().map(|v| v.volume_id.clone())).collect();
     let described = if bucket_error.is_none() { aws.snapshots.describe_volumes(&volume_ids).await? } else { Vec::new() };
+    let pending_snapshots = if bucket_error.is_none() { aws.snapshots.pending_snapshots().await?.len() } else { 0 };
     let mut view = ClusterView {
         namespace,
         cluster,
@@ -53,6 +54,7 @@ async fn read(cx: &mut BackupRun<'_>, namespace: String, cluster: String, facts:
         meta_exists,
         described,
         attached: Default::default(),
+        pending_snapshots,
     };
     let lookups = view.tikv_instances().into_iter().map(|instance_id| {
         let snapshots = aws.snapshots.clone();

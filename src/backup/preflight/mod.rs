@@ -11,12 +11,16 @@ use kube::ResourceExt;
 use kube::api::Api;
 
 use super::claim::Claim;
+use validate::Room;
 use super::run::{BackupRun, Outcome, StepError, StepResult};
 use super::{cleanup, ownership, queue};
 use crate::api::condition::{NewCondition, set_condition};
 use crate::api::{Backup, ConditionType};
 use crate::backup::record::Failure;
 use crate::reason::Reason;
+
+/// How often a backup waiting for room in the pending-snapshot quota looks again.
+const QUOTA_POLL: Duration = Duration::from_secs(15);
 
 pub async fn schedule(cx: &mut BackupRun<'_>) -> StepResult {
     if cleanup::needs_finalizer(&cx.journal.backup) {
@@ -64,7 +68,16 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
         Err(e) if !crate::k8s::is_transient(&e) => return Err(Failure::new(Reason::KubernetesAPIFailed, format!("preflight: {e}")).into()),
         Err(e) => return Err(e.into()),
     };
+    let pending = view.pending_snapshots;
     let plan = validate::plan(view)?;
+    match validate::room_for_snapshots(&plan, pending, cx.ctx.settings.pending_snapshot_limit) {
+        Room::Fits => {}
+        Room::Never(failure) => return Err(failure.into()),
+        Room::Wait(message) => {
+            cx.journal.condition(NewCondition::truthy(ConditionType::Scheduled).because(Reason::PendingSnapshotQuota, message)).await?;
+            return Ok(Outcome::Requeue(QUOTA_POLL));
+        }
+    }
     // Last, once every check has passed: the prefix is claimed only by a backup that goes ahead.
     ownership::lock_prefix(&cx.journal.backup, &aws).await?;
     crate::crash_point!("preflight.after-lock");

@@ -32,6 +32,8 @@ pub struct ClusterView {
     pub described: Vec<VolumeInfo>,
     /// Instance id -> every volume attached to it.
     pub attached: BTreeMap<String, Vec<String>>,
+    /// This account's snapshots pending in the Region now.
+    pub pending_snapshots: usize,
 }
 
 impl ClusterView {
@@ -84,6 +86,30 @@ pub fn plan(view: ClusterView) -> Result<SnapshotPlan, Failure> {
         instances,
         volume_az,
     })
+}
+
+/// Whether the Region's pending-snapshot quota has room for every snapshot of the plan.
+#[derive(Debug, PartialEq)]
+pub enum Room {
+    Fits,
+    /// Not now: pending snapshots of other backups must complete first.
+    Wait(String),
+    /// Never, as the quota stands.
+    Never(Failure),
+}
+
+/// AWS fails CreateSnapshots with `PendingSnapshotLimitExceeded` beyond the quota, which must never
+/// happen while PD is paused: so it is checked here, before.
+pub fn room_for_snapshots(plan: &SnapshotPlan, pending: usize, limit: usize) -> Room {
+    let wanted: usize = plan.instances.iter().map(|i| i.volume_ids.len()).sum();
+    if wanted > limit {
+        let message = format!("this backup takes {wanted} snapshots at once, more than the Region's pending-snapshot limit {limit} (--pending-snapshot-limit; raise the AWS quota first)");
+        return Room::Never(Failure::new(Reason::SnapshotQuotaExceeded, message));
+    }
+    if pending + wanted > limit {
+        return Room::Wait(format!("waiting for pending snapshots to complete: {pending} pending + {wanted} for this backup would exceed the Region's limit {limit}"));
+    }
+    Room::Fits
 }
 
 /// PD's stores and the TiKV pods match one to one, all `Up`, with no TiFlash, and the resolved ts is live.

@@ -43,6 +43,7 @@ fn view() -> ClusterView {
         bucket_error: None,
         meta_exists: false,
         described: vec![ec2("vol-1", Some("i-1")), ec2("vol-2", Some("i-1")), ec2("vol-3", Some("i-2")), ec2("vol-pd", Some("i-3"))],
+        pending_snapshots: 0,
         attached: [("i-1".to_string(), vec!["vol-root".into(), "vol-1".into(), "vol-2".into()]), ("i-2".to_string(), vec!["vol-3".into(), "vol-other".into()])].into(),
     }
 }
@@ -108,4 +109,12 @@ fn the_tidbcluster_object_alone_can_refuse() {
     assert_eq!(reason(Some(&facts(3, 1))), Err(Reason::TiFlashNotSupported));
     assert_eq!(reason(Some(&facts(0, 0))), Err(Reason::NoTiKV));
     assert_eq!(reason(Some(&facts(3, 0))), Ok(()));
+}
+
+#[test]
+fn the_pending_snapshot_quota_is_checked_before_anything_is_paused() {
+    let plan = plan(view()).expect("plan");
+    assert_eq!(room_for_snapshots(&plan, 0, 3), Room::Fits, "3 snapshots fit a limit of 3");
+    assert!(matches!(room_for_snapshots(&plan, 1, 3), Room::Wait(m) if m.contains("1 pending + 3")));
+    assert!(matches!(room_for_snapshots(&plan, 0, 2), Room::Never(f) if f.reason == Reason::SnapshotQuotaExceeded));
 }

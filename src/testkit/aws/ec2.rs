@@ -25,6 +25,7 @@ pub enum Ec2Method {
     FindSnapshotsByTag,
     FindSnapshotsWithTagKey,
     CompletedSnapshotsOfVolume,
+    PendingSnapshots,
     DeleteSnapshot,
     SnapshotBlockBytes,
     ChangedBlockBytes,
@@ -36,7 +37,9 @@ impl Operation for Ec2Method {
             Self::DescribeVolumes => "DescribeVolumes",
             Self::InstanceVolumes => "DescribeInstances",
             Self::CreateSnapshots => "CreateSnapshots",
-            Self::DescribeSnapshots | Self::FindSnapshotsByTag | Self::FindSnapshotsWithTagKey | Self::CompletedSnapshotsOfVolume => "DescribeSnapshots",
+            Self::DescribeSnapshots | Self::FindSnapshotsByTag | Self::FindSnapshotsWithTagKey | Self::CompletedSnapshotsOfVolume | Self::PendingSnapshots => {
+                "DescribeSnapshots"
+            }
             Self::DeleteSnapshot => "DeleteSnapshot",
             Self::SnapshotBlockBytes => "ListSnapshotBlocks",
             Self::ChangedBlockBytes => "ListChangedBlocks",
@@ -273,6 +276,11 @@ impl Snapshots for FakeSnapshots {
     async fn completed_snapshots_of_volume(&self, volume_id: &str) -> Result<Vec<SnapshotInfo>> {
         let lost = self.gate.enter(Ec2Method::CompletedSnapshotsOfVolume, volume_id.into()).await?;
         answer(lost, self.lock().matching(|s| s.volume_id == volume_id && s.state == SnapshotState::Completed))
+    }
+
+    async fn pending_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        let lost = self.gate.enter(Ec2Method::PendingSnapshots, String::new()).await?;
+        answer(lost, self.lock().matching(|s| s.state == SnapshotState::Pending))
     }
 
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {

@@ -90,7 +90,7 @@ impl Journal {
                 let mut record = owned
                     .annotations
                     .get(RECORD_ANNOTATION)
-                    .and_then(|json| serde_json::from_str(json).ok())
+                    .and_then(|value| BackupRecord::from_annotation(value).ok())
                     .unwrap_or_else(|| base_record.clone());
                 change(&mut owned.status, &mut record, &now);
                 owned.annotations.insert(RECORD_ANNOTATION.into(), record.to_annotation());

@@ -50,7 +50,7 @@ pub enum Error {
     #[error(transparent)]
     Status(#[from] crate::k8s::StatusWriterError),
     #[error("the Backup's record annotation is unreadable: {0}")]
-    Record(serde_json::Error),
+    Record(record::RecordError),
 }
 
 impl Error {

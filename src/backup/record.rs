@@ -16,6 +16,20 @@ use crate::k8s::volumes::{PdVolume, TikvStoreVolumes};
 
 pub const RECORD_ANNOTATION: &str = "tidb-ebs-backup/record";
 
+/// Records up to this size are plain JSON, for people reading them; larger ones (hundreds of stores)
+/// are gzipped and base64-encoded behind `COMPRESSED_PREFIX`, so that even 300 stores × 3 volumes
+/// stay well inside the API server's 256 KiB for all of a Backup's annotations.
+const PLAIN_LIMIT: usize = 64 * 1024;
+const COMPRESSED_PREFIX: &str = "gzip+base64:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("not the record's JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("not a compressed record: {0}")]
+    Encoding(String),
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupRecord {
@@ -139,15 +153,31 @@ pub struct PauseRecord {
 }
 
 impl BackupRecord {
-    pub fn of(backup: &Backup) -> Result<Self, serde_json::Error> {
+    pub fn of(backup: &Backup) -> Result<Self, RecordError> {
         match backup.annotations().get(RECORD_ANNOTATION) {
-            Some(json) => serde_json::from_str(json),
+            Some(value) => Self::from_annotation(value),
             None => Ok(Self::default()),
         }
     }
 
+    pub fn from_annotation(value: &str) -> Result<Self, RecordError> {
+        let Some(encoded) = value.strip_prefix(COMPRESSED_PREFIX) else { return Ok(serde_json::from_str(value)?) };
+        use base64::Engine;
+        let gzipped = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|e| RecordError::Encoding(e.to_string()))?;
+        Ok(serde_json::from_reader(flate2::read::GzDecoder::new(gzipped.as_slice()))?)
+    }
+
     pub fn to_annotation(&self) -> String {
-        serde_json::to_string(self).expect("record serialises")
+        let json = serde_json::to_string(self).expect("record serialises");
+        if json.len() <= PLAIN_LIMIT {
+            return json;
+        }
+        use base64::Engine;
+        use std::io::Write;
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gzip.write_all(json.as_bytes()).expect("writing to memory");
+        let gzipped = gzip.finish().expect("writing to memory");
+        format!("{COMPRESSED_PREFIX}{}", base64::engine::general_purpose::STANDARD.encode(gzipped))
     }
 
     pub fn paused(&self) -> bool {
@@ -200,6 +230,54 @@ mod tests {
         record.snapshots.insert("vol-c".into(), "snap-c".into());
         assert!(record.instances_without_snapshots().is_empty());
         assert!(record.all_snapshots_created());
+    }
+
+    /// 300 stores × 3 volumes with names of real lengths, every snapshot taken.
+    fn large_record() -> BackupRecord {
+        use crate::k8s::volumes::{StoreVolume, TikvStoreVolumes};
+        let id = |prefix: &str, n: usize| format!("{prefix}-{n:017x}");
+        let mut record = BackupRecord { resolved_ts: Some(470858230731374593), ..Default::default() };
+        let mut plan = plan();
+        plan.instances.clear();
+        for store in 0..300 {
+            let volume_ids: Vec<String> = (0..3).map(|v| id("vol", store * 3 + v)).collect();
+            let volumes = volume_ids
+                .iter()
+                .enumerate()
+                .map(|(v, volume_id)| StoreVolume {
+                    volume_id: volume_id.clone(),
+                    type_: ["tikv", "raft-engine", "logs"][v].into(),
+                    mount_path: ["/var/lib/tikv", "/var/lib/raft", "/var/log/tikv"][v].into(),
+                    pvc: format!("tikv-basic-tikv-{store}"),
+                    pv: format!("pvc-{}", uuid_like(store * 3 + v)),
+                })
+                .collect();
+            plan.stores.push(TikvStoreVolumes { store_id: 1000 + store as u64, pod: format!("basic-tikv-{store}"), volumes });
+            for volume_id in &volume_ids {
+                plan.volume_az.insert(volume_id.clone(), "us-east-1a".into());
+                record.snapshots.insert(volume_id.clone(), id("snap", store));
+            }
+            record.snapshot_requests.push(id("i", store));
+            plan.instances.push(InstancePlan { instance_id: id("i", store), volume_ids, exclude_volume_ids: vec![id("vol-root", store)] });
+        }
+        record.plan = Some(plan);
+        record
+    }
+
+    fn uuid_like(n: usize) -> String {
+        format!("{n:08x}-0000-4000-8000-{n:012x}")
+    }
+
+    #[test]
+    fn the_record_of_a_300_store_cluster_fits_the_annotation_limit() {
+        // The API server allows 256 KiB for all annotations together; kubectl's last-applied copy of the
+        // spec and others need some of it.
+        let record = large_record();
+        let annotation = record.to_annotation();
+        assert!(annotation.len() < 64 * 1024, "{} bytes", annotation.len());
+        assert_eq!(BackupRecord::from_annotation(&annotation).unwrap(), record);
+        let small = BackupRecord { plan: Some(plan()), ..Default::default() };
+        assert!(small.to_annotation().starts_with('{'), "small records stay readable");
     }
 
     #[test]

@@ -200,7 +200,7 @@ impl KeeperJob {
             .writer
             .update(&self.api, &backup, |owned| {
                 let Some(json) = owned.annotations.get(RECORD_ANNOTATION) else { return };
-                let Ok(mut record) = serde_json::from_str::<BackupRecord>(json) else { return };
+                let Ok(mut record) = BackupRecord::from_annotation(json) else { return };
                 if record.resumed || record.failure.is_some() {
                     return;
                 }

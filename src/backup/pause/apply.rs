@@ -1,21 +1,26 @@
 //! The PD calls of a pause: applying it (again) and undoing it.
 
+use futures::future::try_join_all;
+
 use crate::backup::record::PauseRecord;
 use crate::pd::{Pd, PdError, SafepointUpdate};
 
-/// Re-applies the pause once: schedulers, config overrides and (when known) the GC safepoint.
+/// Re-applies the pause once: schedulers, config overrides and (when known) the GC safepoint, all at
+/// once (they are independent; the pause is in force only when every call has returned).
 pub async fn apply_pause(pd: &dyn Pd, pause: &PauseRecord) -> Result<Option<SafepointUpdate>, PdError> {
     let ttl = pause.ttl_seconds;
-    for scheduler in &pause.schedulers {
-        pd.pause_scheduler(scheduler, ttl).await?;
-    }
-    if !pause.paused_config.is_empty() {
-        pd.set_config_with_ttl(&pause.paused_config, ttl).await?;
-    }
-    match pause.safepoint {
-        Some(safepoint) => Ok(Some(pd.update_service_safepoint(&pause.service_safepoint_id, ttl as i64, safepoint).await?)),
-        None => Ok(None),
-    }
+    let schedulers = try_join_all(pause.schedulers.iter().map(|scheduler| pd.pause_scheduler(scheduler, ttl)));
+    let config = async {
+        if pause.paused_config.is_empty() { Ok(()) } else { pd.set_config_with_ttl(&pause.paused_config, ttl).await }
+    };
+    let safepoint = async {
+        match pause.safepoint {
+            Some(safepoint) => pd.update_service_safepoint(&pause.service_safepoint_id, ttl as i64, safepoint).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let (_, (), update) = tokio::try_join!(schedulers, config, safepoint)?;
+    Ok(update)
 }
 
 /// The parts of a pause PD could not be told to undo.

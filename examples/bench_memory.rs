@@ -3,7 +3,7 @@
 //! Needs the local stack and `OPERATOR_BIN` (`scripts/bench` builds a release binary and starts both).
 //! Prints a table; asserts nothing.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/e2e/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! long apply -> VolumeBackupSnapshotsCreated and apply -> Complete take, for 3 and 30 TiKV stores.
 //! Needs the local stack (`scripts/bench` starts one). Prints a table; asserts nothing.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/e2e/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

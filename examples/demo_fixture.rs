@@ -6,7 +6,7 @@
 //! Usage: HARNESS_ENV=<env file printed by tests/harness/up> cargo run --example demo_fixture
 //! Running it again on the same stack keeps what exists (the TidbCluster is only created once).
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/e2e/support/mod.rs"]
 mod support;
 
 use k8s_openapi::api::core::v1::Secret;

@@ -5,17 +5,15 @@
 //! status subresource, which the stack's (TiDB Operator's) CRD does not have; `status_subresource_e2e.rs`
 //! shows it needed where the CRD has one.
 
-mod support;
-
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
-use support::e2e::{Operator, Scene, pd_exclusive, settings, spawn_operator_binary};
-use support::rbac::{LEASE, case_selector, chart_rules, identity, labelled, rule_key, without};
-use support::{eventually, free_port, http};
+use crate::support::e2e::{Operator, Scene, pd_exclusive, settings, spawn_operator_binary};
+use crate::support::rbac::{LEASE, case_selector, chart_rules, identity, labelled, rule_key, without};
+use crate::support::{eventually, free_port, http};
 use tidb_ebs_backup::api::{Backup, ConditionType};
 use tidb_ebs_backup::backup::Settings;
 

@@ -3,15 +3,13 @@
 //! through `/status` from then on. A CRD is cluster-wide, so this runs on a second, independent cluster: a
 //! kube-apiserver of its own on the stack's etcd under another key prefix, sharing PD and the AWS emulator.
 
-mod support;
-
 use std::time::Duration;
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::e2e::{Operator, Scene, pd_exclusive, settings};
-use support::rbac::{case_selector, chart_rules, identity, labelled, without};
-use support::{Stack, describe_output, eventually};
+use crate::support::e2e::{Operator, Scene, pd_exclusive, settings};
+use crate::support::rbac::{case_selector, chart_rules, identity, labelled, without};
+use crate::support::{Stack, describe_output, eventually};
 use tidb_ebs_backup::api::{BACKUP_PROTECTION_FINALIZER, Backup, ConditionType};
 
 /// A second cluster; its kube-apiserver stops when this is dropped.

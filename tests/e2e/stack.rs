@@ -1,8 +1,6 @@
 //! The local stack is the real thing: a Kubernetes 1.34 apiserver with authentication, RBAC and
 //! ServiceAccount tokens, kubectl and helm, a real PD with fake TiKV stores, and the AWS emulator with
-//! its snapshot, EBS direct and fault-injection extensions. Needs HARNESS_ENV (see tests/support).
-
-mod support;
+//! its snapshot, EBS direct and fault-injection extensions. Needs HARNESS_ENV (see `support`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -13,7 +11,7 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenReview};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount};
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use serde_json::json;
-use support::{Stack, TidbClusterFixture, describe_output, eventually, jwt_claims};
+use crate::support::{Stack, TidbClusterFixture, describe_output, eventually, jwt_claims};
 use tidb_ebs_backup::pd::Pd;
 
 // ---- Kubernetes ----------------------------------------------------------------------------------
@@ -114,7 +112,7 @@ async fn rbac_forbids_a_service_account_to_list_pods_in_another_namespace() {
 fn pem_to_der(pem: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(pem);
     let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect::<String>();
-    support::base64url_decode(&b64).expect("CA PEM base64")
+    crate::support::base64url_decode(&b64).expect("CA PEM base64")
 }
 
 #[tokio::test]

@@ -1,15 +1,13 @@
 //! Do no harm: every way out of a backup ends with PD resumed and the data complete or removed, never
 //! another Backup's data touched. Each test holds PD exclusively and starts from no injected faults.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::e2e::{Operator, Scene, assert_pd_unchanged, pd_exclusive, pd_state, settings, settled_pd_state};
-use support::{Stack, eventually};
+use crate::support::e2e::{Operator, Scene, assert_pd_unchanged, pd_exclusive, pd_state, settings, settled_pd_state};
+use crate::support::{Stack, eventually};
 use tidb_ebs_backup::api::ConditionType;
 
 /// PD as sampled every 100 ms: how many schedulers were paused and which of our safepoints were alive.
@@ -76,7 +74,7 @@ async fn deleting_a_paused_backup_resumes_pd_within_seconds_under_every_clean_po
         scene.wait_for_calls_in_flight(&name).await;
         assert!(!pd_state(scene.stack).await.paused.is_empty(), "{policy}: PD is paused while the calls are in flight");
         let output = scene.stack.kubectl(["delete", "bk", &name, "-n", &scene.namespace, "--wait=false"]).await;
-        assert!(output.status.success(), "{}", support::describe_output(&output));
+        assert!(output.status.success(), "{}", crate::support::describe_output(&output));
         let took = time_until_pd_resumed(scene.stack).await;
         assert!(took < Duration::from_secs(5), "{policy}: PD resumed {took:?} after the delete (TTL 60 s)");
         scene.wait_gone(&name).await;
@@ -105,7 +103,7 @@ async fn editing_the_mode_or_prefix_mid_pause_strands_nothing() {
     scene.wait_for_calls_in_flight("edited").await;
     let edit = json!({"spec": {"backupMode": "snapshot", "s3": {"prefix": "elsewhere"}}});
     let output = scene.stack.kubectl(["patch", "bk", "edited", "-n", &scene.namespace, "--type", "merge", "-p", &edit.to_string()]).await;
-    assert!(output.status.success(), "{}", support::describe_output(&output));
+    assert!(output.status.success(), "{}", crate::support::describe_output(&output));
     let backup = scene.wait_phase("edited", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(90)).await;
     assert_eq!(backup.phase(), Some(&ConditionType::Complete), "{:#?}", backup.status);
     assert!(scene.object("edited/backupmeta").await.is_some(), "backupmeta where the backup started");

@@ -2,12 +2,10 @@
 //! Reads the AWS emulator's request log, so it runs after the end-to-end suites in the same test run
 //! (cargo runs test targets in name order: backup_e2e, cleanup_e2e, helm_chart, iam_policy).
 
-mod support;
-
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use support::Stack;
+use crate::support::Stack;
 use tidb_ebs_backup::aws::credentials::APP_NAME;
 
 /// The IAM action that authorises one logged API call.

@@ -1,16 +1,14 @@
 //! End-to-end volume-snapshot backups on the local stack: the operator runs in-process against the real
 //! kube-apiserver, PD (or its emulator) and the AWS emulator.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::e2e::{Operator, PdState, Scene, assert_completed, pd_exclusive, pd_state, settings, settled_pd_state};
-use support::eventually;
+use crate::support::e2e::{Operator, PdState, Scene, assert_completed, pd_exclusive, pd_state, settings, settled_pd_state};
+use crate::support::eventually;
 use tidb_ebs_backup::api::{Backup, ConditionType};
 
 #[tokio::test]
@@ -80,7 +78,7 @@ async fn expect_failure(scene: &Scene, name: &str, reason: &str, before: &PdStat
     assert_eq!(failed.and_then(|c| c.reason.as_deref()), Some(reason), "conditions: {:#?}", status.conditions);
     let uid = backup.metadata.uid.clone().unwrap();
     assert!(scene.snapshots_tagged(&uid).await.is_empty(), "no stray snapshots after {reason}");
-    support::e2e::assert_pd_unchanged(&pd_state(scene.stack).await, before);
+    crate::support::e2e::assert_pd_unchanged(&pd_state(scene.stack).await, before);
     backup
 }
 
@@ -192,7 +190,7 @@ async fn a_backup_tidb_operator_claimed_is_explained_and_unlabelled_ones_are_lef
     let invalid = json!({"status": {"phase": "Invalid", "conditions": [{"type": "Invalid", "status": "True", "reason": "InvalidSpec",
         "message": "only support volume snapshot backup across k8s clusters"}]}});
     let output = scene.stack.kubectl(["patch", "bk", "claimed", "-n", &scene.namespace, "--type", "merge", "-p", &invalid.to_string()]).await;
-    assert!(output.status.success(), "{}", support::describe_output(&output));
+    assert!(output.status.success(), "{}", crate::support::describe_output(&output));
     let mut unlabelled = scene.backup_yaml("unlabelled", json!({"s3": {"secretName": "keys"}}), json!({}));
     unlabelled["metadata"]["labels"] = json!({"team": "x"});
     scene.apply(&unlabelled).await;

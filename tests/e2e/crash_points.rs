@@ -5,14 +5,12 @@
 //! volume, and none that neither its `backupmeta` nor a live Backup owns; earlier Backups' data
 //! untouched. The matrix (point -> outcome) is printed.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::e2e::{Scene, assert_pd_unchanged, pd_exclusive, pd_state, settled_pd_state, spawn_operator_binary_with_env};
-use support::eventually;
+use crate::support::e2e::{Scene, assert_pd_unchanged, pd_exclusive, pd_state, settled_pd_state, spawn_operator_binary_with_env};
+use crate::support::eventually;
 use tidb_ebs_backup::api::ConditionType;
 
 /// Every `crash_point!` in `src/`, in the order a backup passes them.

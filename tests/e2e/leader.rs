@@ -1,16 +1,14 @@
 //! Two operator processes against one apiserver: only the Lease holder acts; killing it hands over,
 //! and the standby finishes the in-flight backup from its record without snapshotting twice.
 
-mod support;
-
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::json;
-use support::e2e::{Scene, assert_pd_unchanged, pd_exclusive, pd_state, settled_pd_state, spawn_operator_binary};
-use support::{Stack, eventually};
+use crate::support::e2e::{Scene, assert_pd_unchanged, pd_exclusive, pd_state, settled_pd_state, spawn_operator_binary};
+use crate::support::{Stack, eventually};
 use tidb_ebs_backup::api::ConditionType;
 use tokio::process::Child;
 
@@ -104,7 +102,7 @@ async fn a_lease_stolen_mid_create_snapshots_yields_one_snapshot_set_and_no_seco
     scene.wait_for_calls_in_flight("stolen").await;
     let steal = json!({"spec": {"holderIdentity": "op-b"}});
     let output = scene.stack.kubectl(["patch", "lease", "tidb-ebs-backup", "-n", &scene.namespace, "--type", "merge", "-p", &steal.to_string()]).await;
-    assert!(output.status.success(), "{}", support::describe_output(&output));
+    assert!(output.status.success(), "{}", crate::support::describe_output(&output));
     // The old leader notices at its next renewal (a third of the 6 s Lease) and exits.
     let exit = tokio::time::timeout(Duration::from_secs(10), a.wait()).await.expect("the old leader exits").unwrap();
     assert!(!exit.success(), "{exit}");

@@ -2,15 +2,13 @@
 //! without `backupmeta`, DeleteSnapshot throttling and rate, a namespace whose Secret is gone, deleting the
 //! whole namespace (the stack's namespace controller cascades), and a clean-up released by the user.
 
-mod support;
-
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
-use support::e2e::{Operator, Scene, pd_exclusive, pd_state, settings, settled_pd_state};
-use support::{describe_output, eventually};
+use crate::support::e2e::{Operator, Scene, pd_exclusive, pd_state, settings, settled_pd_state};
+use crate::support::{describe_output, eventually};
 use tidb_ebs_backup::api::{BACKUP_PROTECTION_FINALIZER, Backup, ConditionType};
 
 async fn delete_and_wait_gone(scene: &Scene, name: &str) {
@@ -72,7 +70,7 @@ async fn clean_policy_decides_what_deleting_a_backup_leaves() {
         delete_and_wait_gone(&scene, &name).await;
         assert_eq!(leftovers(&scene, &name, &uid).await, (snapshots_left, meta_left), "{name}: (snapshots, backupmeta) left");
     }
-    support::e2e::assert_pd_unchanged(&pd_state(scene.stack).await, &before);
+    crate::support::e2e::assert_pd_unchanged(&pd_state(scene.stack).await, &before);
     operator.stop().await;
 }
 
@@ -93,7 +91,7 @@ async fn deleting_a_running_backup_leaves_nothing_and_resumes_pd() {
     assert_eq!(scene.snapshots_tagged(&uid).await.len(), scene.cluster.tikv_volume_ids().len(), "snapshots pending");
     delete_and_wait_gone(&scene, "running").await;
     assert_eq!(leftovers(&scene, "running", &uid).await, (0, false));
-    support::e2e::assert_pd_unchanged(&pd_state(scene.stack).await, &before);
+    crate::support::e2e::assert_pd_unchanged(&pd_state(scene.stack).await, &before);
     for volume in scene.cluster.tikv_volume_ids() {
         emulator.set_volume_snapshot_behaviour(&volume, 0.0, "completed").await;
     }

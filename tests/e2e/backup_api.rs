@@ -1,8 +1,6 @@
 //! The Backup API ("The Backup API" issue): the CRD generated from `src/api` accepts the shipped samples,
 //! prints TiDB Operator's columns, rejects invalid Backups with a specific message each, and keeps fields
-//! it does not know when the operator writes status. Needs HARNESS_ENV (see tests/support).
-
-mod support;
+//! it does not know when the operator writes status. Needs HARNESS_ENV (see `support`).
 
 use std::path::PathBuf;
 
@@ -11,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
-use support::{Stack, describe_output};
+use crate::support::{Stack, describe_output};
 use tidb_ebs_backup::api::condition::{NewCondition, set_condition};
 use tidb_ebs_backup::api::{Backup, ConditionStatus, ConditionType};
 use tidb_ebs_backup::k8s::StatusWriter;

@@ -1,16 +1,14 @@
 //! A TidbCluster with `spec.tlsCluster.enabled`: the operator reaches PD over TLS with the
 //! `<cluster>-cluster-client-secret` certificates, and says clearly when that Secret is missing.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::{Stack, free_port};
-use support::e2e::{Operator, Scene, settings};
+use crate::support::{Stack, free_port};
+use crate::support::e2e::{Operator, Scene, settings};
 use tidb_ebs_backup::api::ConditionType;
 use tidb_ebs_backup::api::tidbcluster::tidbcluster_resource;
 

@@ -2,16 +2,14 @@
 //! completes a backup; `/readyz` stays false until it leads and its watch has synced, and `/metrics`
 //! shows the backup it ran.
 
-mod support;
-
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::e2e::{Scene, pd_exclusive, spawn_operator_binary};
-use support::{describe_output, eventually, free_port, http};
+use crate::support::e2e::{Scene, pd_exclusive, spawn_operator_binary};
+use crate::support::{describe_output, eventually, free_port, http};
 use tidb_ebs_backup::api::ConditionType;
 
 async fn status_of(url: &str) -> Option<u16> {

@@ -3,9 +3,7 @@
 //! calls the operator makes, leader election included (checked with `kubectl auth can-i` impersonating the
 //! chart's ServiceAccount).
 //! No kubelet runs, so the operator pod never starts; only the objects are checked. Needs HARNESS_ENV
-//! (see tests/support).
-
-mod support;
+//! (see `support`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,7 +13,7 @@ use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
-use support::{Stack, describe_output, eventually};
+use crate::support::{Stack, describe_output, eventually};
 
 const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/tidb-ebs-backup-test";
 

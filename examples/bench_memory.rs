@@ -3,6 +3,8 @@
 //! Needs the local stack and `OPERATOR_BIN` (`scripts/bench` builds a release binary and starts both).
 //! Prints a table; asserts nothing.
 
+// The e2e suites' support; an example uses only part of it.
+#[allow(dead_code)]
 #[path = "../tests/e2e/support/mod.rs"]
 mod support;
 

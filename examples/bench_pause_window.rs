@@ -2,6 +2,8 @@
 //! long apply -> VolumeBackupSnapshotsCreated and apply -> Complete take, for 3 and 30 TiKV stores.
 //! Needs the local stack (`scripts/bench` starts one). Prints a table; asserts nothing.
 
+// The e2e suites' support; an example uses only part of it.
+#[allow(dead_code)]
 #[path = "../tests/e2e/support/mod.rs"]
 mod support;
 

@@ -6,6 +6,8 @@
 //! Usage: HARNESS_ENV=<env file printed by tests/harness/up> cargo run --example demo_fixture
 //! Running it again on the same stack keeps what exists (the TidbCluster is only created once).
 
+// The e2e suites' support; an example uses only part of it.
+#[allow(dead_code)]
 #[path = "../tests/e2e/support/mod.rs"]
 mod support;
 

@@ -7,13 +7,13 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use crate::support::e2e::{Operator, PdState, Scene, assert_completed, pd_exclusive, pd_state, settings, settled_pd_state};
-use crate::support::eventually;
+use crate::support::e2e::{Operator, PdState, Scene, assert_completed, pd_state, settings, settled_pd_state};
+use crate::support::{Emulator, eventually, exclusive};
 use tidb_ebs_backup::api::{Backup, ConditionType};
 
 #[tokio::test]
 async fn access_key_backup_completes_and_pauses_pd_only_while_snapshotting() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-key", 3, 2).await;
     scene.access_key_secret("s3-secret", json!({"access_key": "AKIDEXAMPLE", "secret_key": "secret"})).await;
     let emulator = scene.stack.emulator();
@@ -49,7 +49,7 @@ async fn access_key_backup_completes_and_pauses_pd_only_while_snapshotting() {
 
 #[tokio::test]
 async fn iam_role_and_irsa_backups_use_their_own_identity() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-iam", 3, 2).await;
     let accounts: Api<ServiceAccount> = Api::namespaced(scene.client.clone(), &scene.namespace);
     let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "tidb-backup-manager",
@@ -84,7 +84,7 @@ async fn expect_failure(scene: &Scene, name: &str, reason: &str, before: &PdStat
 
 #[tokio::test]
 async fn failures_leave_nothing_paused_and_no_stray_snapshots() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-fail", 2, 1).await;
     let emulator = scene.stack.emulator();
     let before = settled_pd_state(scene.stack).await;
@@ -117,7 +117,7 @@ async fn failures_leave_nothing_paused_and_no_stray_snapshots() {
 
 #[tokio::test]
 async fn throttled_create_snapshots_are_retried_until_they_pass() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-throttle", 2, 2).await;
     scene.access_key_secret("good", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -153,7 +153,7 @@ async fn throttled_create_snapshots_are_retried_until_they_pass() {
 
 #[tokio::test]
 async fn a_restarted_operator_continues_without_snapshotting_twice() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-restart", 3, 1).await;
     scene.access_key_secret("keys", serde_json::json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -182,7 +182,7 @@ async fn a_restarted_operator_continues_without_snapshotting_twice() {
 #[tokio::test]
 async fn a_backup_tidb_operator_claimed_is_explained_and_unlabelled_ones_are_left_alone() {
     // The second operator here runs the unlabelled Backup for real, which pauses PD.
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-coexist", 1, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     // What TiDB Operator v1.5+ writes on its first sync of a single-cluster volume-snapshot Backup.
@@ -283,7 +283,7 @@ async fn backup_losing_pd_mid_calls(scene: &Scene, name: &str, delay_ms: u64) ->
 /// the pause by its TTL.
 #[tokio::test]
 async fn pd_lost_after_the_calls_returned_still_completes_and_the_pause_expires() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-pdlost", 2, 1).await;
     let (backup, _) = backup_losing_pd_mid_calls(&scene, "pd-lost", 3000).await;
     assert_eq!(backup.phase(), Some(&ConditionType::Complete), "{:#?}", backup.status);
@@ -297,7 +297,7 @@ async fn pd_lost_after_the_calls_returned_still_completes_and_the_pause_expires(
 /// ran, so the set is not consistent: `Failed`/`PauseLapsed` and no snapshot left.
 #[tokio::test]
 async fn a_pause_that_lapses_while_calls_are_in_flight_fails_the_backup_and_removes_its_snapshots() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-lapse", 2, 1).await;
     let (backup, _) = backup_losing_pd_mid_calls(&scene, "lapsed", 9000).await;
     let failed = backup.status.clone().unwrap().conditions.into_iter().find(|c| c.type_ == ConditionType::Failed).expect("Failed");
@@ -320,7 +320,7 @@ async fn events_of(scene: &Scene, name: &str) -> Vec<(String, String)> {
 #[tokio::test]
 async fn sizes_count_written_blocks_and_blocks_changed_since_the_previous_backup() {
     const BLOCK: i64 = 524_288;
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-size", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -341,21 +341,21 @@ async fn sizes_count_written_blocks_and_blocks_changed_since_the_previous_backup
     // data in the new snapshot (a SecondBlockToken) add to the incremental size: 30, not 33.
     emulator.set_volume_blocks(&a, json!({"write": (0..10).collect::<Vec<_>>(), "write_range": [100, 120]})).await;
     emulator.set_volume_blocks(&b, json!({"trim": [0, 1, 2]})).await;
-    emulator.clear_requests().await;
+    let size2_started = Emulator::now();
     scene.apply(&scene.backup_yaml("size2", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
     let second = assert_completed(&scene, "size2", &before).await.status.unwrap();
     assert_eq!((second.backup_size, second.incremental_backup_size), (Some(157 * BLOCK), Some(30 * BLOCK)), "{second:#?}");
     assert_eq!(second.incremental_backup_size_readable.as_deref(), Some("16 MB"));
-    let changed = emulator.requests(Some("ListChangedBlocks")).await;
+    let changed = emulator.requests_since("ListChangedBlocks", size2_started).await;
     let compared: BTreeSet<&str> = changed.iter().filter(|r| r["status"] == 200).filter_map(|r| r["path"].as_str()).collect();
     assert_eq!(compared.len(), 2, "one comparison per volume against its previous snapshot: {changed:#?}");
 
     // calcSizeLevel full: no incremental figure, and no EBS direct API calls for it.
-    emulator.clear_requests().await;
+    let size3_started = Emulator::now();
     scene.apply(&scene.backup_yaml("size3", json!({"calcSizeLevel": "full", "s3": {"secretName": "keys"}}), json!({}))).await;
     let third = scene.wait_phase("size3", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(60)).await.status.unwrap();
     assert_eq!((third.backup_size, third.incremental_backup_size), (Some(157 * BLOCK), None), "{third:#?}");
-    assert!(emulator.requests(Some("ListChangedBlocks")).await.is_empty());
+    assert!(emulator.requests_since("ListChangedBlocks", size3_started).await.is_empty());
 
     // The incremental figure cannot be had: the backup still completes, with its full size.
     let fault = emulator.add_fault(json!({"action": "ListChangedBlocks", "status": 500, "code": "InternalServerException", "times": -1})).await;
@@ -372,7 +372,7 @@ async fn sizes_count_written_blocks_and_blocks_changed_since_the_previous_backup
 
 #[tokio::test]
 async fn backups_of_one_cluster_run_one_at_a_time_and_the_next_starts_when_one_ends() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-queue", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();

@@ -7,8 +7,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
-use crate::support::e2e::{Operator, Scene, pd_exclusive, pd_state, settings, settled_pd_state};
-use crate::support::{describe_output, eventually};
+use crate::support::e2e::{Operator, Scene, pd_state, settings, settled_pd_state};
+use crate::support::{describe_output, eventually, exclusive};
 use tidb_ebs_backup::api::{BACKUP_PROTECTION_FINALIZER, Backup, ConditionType};
 
 async fn delete_and_wait_gone(scene: &Scene, name: &str) {
@@ -44,7 +44,7 @@ async fn run_to_end(scene: &Scene, name: &str, policy: &str, fail: bool) -> Back
 
 #[tokio::test]
 async fn clean_policy_decides_what_deleting_a_backup_leaves() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("clean-policy", 2, 2).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let before = settled_pd_state(scene.stack).await;
@@ -76,7 +76,7 @@ async fn clean_policy_decides_what_deleting_a_backup_leaves() {
 
 #[tokio::test]
 async fn deleting_a_running_backup_leaves_nothing_and_resumes_pd() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("clean-running", 2, 2).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -100,7 +100,7 @@ async fn deleting_a_running_backup_leaves_nothing_and_resumes_pd() {
 
 #[tokio::test]
 async fn snapshots_are_found_by_tag_when_backupmeta_and_record_are_lost() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("clean-lost", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
@@ -118,7 +118,7 @@ async fn snapshots_are_found_by_tag_when_backupmeta_and_record_are_lost() {
 
 #[tokio::test]
 async fn delete_snapshot_throttling_is_retried_within_the_delete_rate() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("clean-rate", 3, 2).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
@@ -156,7 +156,7 @@ async fn delete_snapshot_throttling_is_retried_within_the_delete_rate() {
 
 #[tokio::test]
 async fn a_backup_whose_secret_is_gone_is_cleaned_with_the_operators_identity() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("clean-nosecret", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
@@ -172,7 +172,7 @@ async fn a_backup_whose_secret_is_gone_is_cleaned_with_the_operators_identity() 
 
 #[tokio::test]
 async fn deleting_the_namespace_cleans_its_delete_policy_backup_and_finishes() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("clean-ns", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
@@ -201,7 +201,7 @@ async fn deleting_the_namespace_cleans_its_delete_policy_backup_and_finishes() {
 
 #[tokio::test]
 async fn a_clean_up_that_cannot_succeed_waits_for_the_user_and_releases_on_the_annotation() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("clean-stuck", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();

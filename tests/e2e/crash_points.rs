@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use crate::support::e2e::{Scene, assert_pd_unchanged, pd_exclusive, pd_state, settled_pd_state, spawn_operator_binary_with_env};
-use crate::support::eventually;
+use crate::support::e2e::{Scene, assert_pd_unchanged, pd_state, settled_pd_state, spawn_operator_binary_with_env};
+use crate::support::{eventually, exclusive};
 use tidb_ebs_backup::api::ConditionType;
 
 /// Every `crash_point!` in `src/`, in the order a backup passes them.
@@ -62,7 +62,7 @@ async fn killed_at_every_crash_point_the_operator_leaves_pd_resumed_and_one_cons
     assert!(in_source.remove("failure.after-delete"), "the failure path has its crash point");
     assert_eq!(in_source, expected, "every crash point in src/ is in the matrix");
 
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("crash", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -156,7 +156,7 @@ async fn killed_at_every_crash_point_the_operator_leaves_pd_resumed_and_one_cons
 #[ignore = "soak: run by scripts/soak-crash"]
 async fn soak_kill_at_random_moments_of_a_30_store_backup() {
     let runs: usize = std::env::var("SOAK_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("soak", 30, 2).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();

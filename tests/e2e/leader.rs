@@ -7,8 +7,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::json;
-use crate::support::e2e::{Scene, assert_pd_unchanged, pd_exclusive, pd_state, settled_pd_state, spawn_operator_binary};
-use crate::support::{Stack, eventually};
+use crate::support::e2e::{Scene, assert_pd_unchanged, pd_state, settled_pd_state, spawn_operator_binary};
+use crate::support::{Stack, eventually, exclusive};
 use tidb_ebs_backup::api::ConditionType;
 use tokio::process::Child;
 
@@ -38,7 +38,7 @@ async fn reporters(scene: &Scene, name: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn only_the_lease_holder_acts_and_a_standby_takes_over() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("leader", 2, 2).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let before = settled_pd_state(scene.stack).await;
@@ -86,7 +86,7 @@ async fn only_the_lease_holder_acts_and_a_standby_takes_over() {
 /// is deleted: the leader stops acting until a replica holds a Lease again.
 #[tokio::test]
 async fn a_lease_stolen_mid_create_snapshots_yields_one_snapshot_set_and_no_second_actor() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("steal", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -97,7 +97,6 @@ async fn a_lease_stolen_mid_create_snapshots_yields_one_snapshot_set_and_no_seco
     eventually("op-a to lead", Duration::from_secs(60), || async { holder(&leases).await.filter(|h| h == "op-a") }).await;
     let mut b = spawn_operator(scene.stack, &scene.namespace, "op-b");
     emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 8000, "times": 2})).await;
-    emulator.clear_requests().await;
     scene.apply(&scene.backup_yaml("stolen", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
     scene.wait_for_calls_in_flight("stolen").await;
     let steal = json!({"spec": {"holderIdentity": "op-b"}});

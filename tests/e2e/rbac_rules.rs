@@ -11,9 +11,9 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
-use crate::support::e2e::{Operator, Scene, pd_exclusive, settings, spawn_operator_binary};
+use crate::support::e2e::{Operator, Scene, settings, spawn_operator_binary};
 use crate::support::rbac::{LEASE, case_selector, chart_rules, identity, labelled, rule_key, without};
-use crate::support::{eventually, free_port, http};
+use crate::support::{eventually, exclusive, free_port, http};
 use tidb_ebs_backup::api::{Backup, ConditionType};
 use tidb_ebs_backup::backup::Settings;
 
@@ -44,7 +44,7 @@ enum Expect {
 #[tokio::test]
 async fn each_chart_rule_is_needed_by_the_operator() {
     // The controls run real backups, and a rule removal that broke nothing would too.
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("rbac-rules", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let accounts: Api<ServiceAccount> = Api::namespaced(scene.client.clone(), &scene.namespace);

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use crate::support::e2e::{Operator, Scene, assert_pd_unchanged, pd_exclusive, pd_state, settings, settled_pd_state};
-use crate::support::{Stack, eventually};
+use crate::support::e2e::{Operator, Scene, assert_pd_unchanged, pd_state, settings, settled_pd_state};
+use crate::support::{Stack, eventually, exclusive};
 use tidb_ebs_backup::api::ConditionType;
 
 /// PD as sampled every 100 ms: how many schedulers were paused and which of our safepoints were alive.
@@ -59,7 +59,7 @@ async fn time_until_pd_resumed(stack: &'static Stack) -> Duration {
 /// PD paused for as long as the process lived).
 #[tokio::test]
 async fn deleting_a_paused_backup_resumes_pd_within_seconds_under_every_clean_policy() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("safe-delete", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -91,7 +91,7 @@ async fn deleting_a_paused_backup_resumes_pd_within_seconds_under_every_clean_po
 /// neither strands the pause nor the finalizer, and the data lands where the backup said it would.
 #[tokio::test]
 async fn editing_the_mode_or_prefix_mid_pause_strands_nothing() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("safe-edit", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -125,7 +125,7 @@ async fn editing_the_mode_or_prefix_mid_pause_strands_nothing() {
 /// one deleted everything the prefix's `backupmeta` listed).
 #[tokio::test]
 async fn backups_sharing_a_prefix_never_delete_each_others_data() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("safe-prefix", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -167,7 +167,7 @@ async fn backups_sharing_a_prefix_never_delete_each_others_data() {
 /// time (PD's view, sampled every 100 ms: never two of our safepoints at once), and both complete.
 #[tokio::test]
 async fn two_backups_of_one_cluster_applied_together_pause_pd_one_at_a_time() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("safe-pair", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -204,7 +204,7 @@ async fn two_backups_of_one_cluster_applied_together_pause_pd_one_at_a_time() {
 /// the STS failure deleted the good set).
 #[tokio::test]
 async fn transient_failures_after_the_pause_never_delete_a_good_backup() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("safe-transient", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -251,7 +251,7 @@ async fn transient_failures_after_the_pause_never_delete_a_good_backup() {
 /// its snapshots without being reported (its `backupmeta` lists them).
 #[tokio::test]
 async fn orphan_snapshots_are_reported_and_retained_backups_are_not() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("safe-orphan", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -299,7 +299,7 @@ async fn orphan_snapshots_are_reported_and_retained_backups_are_not() {
 /// the TTL and the pause lapsed while calls were in flight).
 #[tokio::test]
 async fn an_operator_restarted_mid_calls_keeps_pd_paused_without_a_gap_and_snapshots_once() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("safe-restart", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -307,7 +307,6 @@ async fn an_operator_restarted_mid_calls_keeps_pd_paused_without_a_gap_and_snaps
     let before = settled_pd_state(scene.stack).await;
     let config = || tidb_ebs_backup::backup::Settings { pause_ttl: Duration::from_secs(12), ..settings(scene.stack) };
     emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 8000, "times": 2})).await;
-    emulator.clear_requests().await;
     let sampler = PdSampler::start(scene.stack);
     let first = Operator::start(scene.stack, &scene.namespace, config()).await;
     scene.apply(&scene.backup_yaml("restarted", json!({"s3": {"secretName": "keys"}}), json!({}))).await;

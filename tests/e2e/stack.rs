@@ -11,7 +11,7 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenReview};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount};
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use serde_json::json;
-use crate::support::{Stack, TidbClusterFixture, describe_output, eventually, jwt_claims};
+use crate::support::{Stack, TidbClusterFixture, describe_output, eventually, exclusive, jwt_claims, shared};
 use tidb_ebs_backup::pd::Pd;
 
 // ---- Kubernetes ----------------------------------------------------------------------------------
@@ -211,6 +211,8 @@ async fn pd_answers_and_lists_the_fixture_stores() {
 
 #[tokio::test]
 async fn pd_scheduler_pause_and_resume() {
+    // Other tests assert PD unchanged across their backups, and their backups pause this scheduler too.
+    let _stack = exclusive().await;
     let stack = Stack::get();
     let scheduler = "balance-leader-scheduler";
     let schedulers = stack.pd_get("schedulers").await;
@@ -240,6 +242,8 @@ async fn pd_scheduler_pause_and_resume() {
 
 #[tokio::test]
 async fn pd_service_gc_safepoint_over_grpc() {
+    // A service safepoint shows in every other test's view of PD.
+    let _stack = exclusive().await;
     let stack = Stack::get();
     let pd = stack.pd_client();
     let service_id = format!("stack-test-{}", uuid::Uuid::new_v4().simple());
@@ -403,14 +407,15 @@ async fn snapshot_state(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> (String
 
 #[tokio::test]
 async fn emulator_snapshots_are_pending_then_completed() {
+    // The pending time set here is emulator-wide.
+    let _stack = exclusive().await;
     let stack = Stack::get();
     let emulator = stack.emulator();
     let ec2 = stack.ec2_client().await;
     let az = format!("{}a", stack.aws_region);
     let volume = new_volume(&ec2, &az, 1).await;
 
-    // Global setting: only this test creates snapshots without a per-volume setting in this binary,
-    // and it is put back right after the CreateSnapshot (a snapshot keeps what it started with).
+    // Put back right after the CreateSnapshot (a snapshot keeps what it started with).
     emulator.set_snapshot_pending_seconds(2.0).await;
     let created = ec2.create_snapshot().volume_id(&volume).description("pending test").send().await;
     emulator.set_snapshot_pending_seconds(0.0).await;
@@ -501,6 +506,8 @@ async fn emulator_list_snapshot_blocks_pages_over_the_block_map() {
 
 #[tokio::test]
 async fn emulator_injected_request_limit_exceeded_reaches_the_sdk() {
+    // Exclusive tests clear every fault rule, this one's too.
+    let _stack = shared().await;
     let stack = Stack::get();
     let emulator = stack.emulator();
     let ec2 = stack.ec2_client_without_retries().await;

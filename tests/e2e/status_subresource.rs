@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use crate::support::e2e::{Operator, Scene, pd_exclusive, settings};
+use crate::support::e2e::{Operator, Scene, settings};
 use crate::support::rbac::{case_selector, chart_rules, identity, labelled, without};
-use crate::support::{Stack, describe_output, eventually};
+use crate::support::{Stack, describe_output, eventually, exclusive};
 use tidb_ebs_backup::api::{BACKUP_PROTECTION_FINALIZER, Backup, ConditionType};
 
 /// A second cluster; its kube-apiserver stops when this is dropped.
@@ -59,7 +59,7 @@ fn crd_with_status_subresource() -> String {
 
 #[tokio::test]
 async fn a_crd_with_a_status_subresource_gets_status_through_it() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let cluster = SecondCluster::start("status-subresource").await;
     let stack = cluster.stack;
     let out = stack.kubectl(["apply", "-f", "tests/harness/fixtures/tidbcluster-crd.yaml"]).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
-use crate::support::{Stack, free_port};
+use crate::support::{Stack, free_port, shared};
 use crate::support::e2e::{Operator, Scene, settings};
 use tidb_ebs_backup::api::ConditionType;
 use tidb_ebs_backup::api::tidbcluster::tidbcluster_resource;
@@ -48,6 +48,8 @@ async fn client_secret(scene: &Scene, certs: &Path) {
 
 #[tokio::test]
 async fn a_tls_cluster_is_backed_up_through_its_client_certificate() {
+    // Its own PD, but its CreateSnapshots calls would take faults other tests inject for theirs.
+    let _stack = shared().await;
     let dir = tempdir("tls-pd");
     let stack = stack_with_tls_pd(&dir).await;
     let scene = Scene::new_on(stack, "tls", 2, 1).await;

@@ -17,16 +17,8 @@ use tidb_ebs_backup::backup::context::RealConnectors;
 use tidb_ebs_backup::backup::meta::TAG_BACKUP_UID;
 use tidb_ebs_backup::backup::{self, Settings};
 use tidb_ebs_backup::metrics::Metrics;
-use tokio::sync::{Mutex, MutexGuard};
 
 use super::{Stack, TidbClusterFixture, describe_output, eventually};
-
-/// PD's schedulers and safepoints are cluster-wide: backups that pause it run one at a time so each
-/// test can assert PD is exactly as it was.
-pub async fn pd_exclusive() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::const_new(());
-    LOCK.lock().await
-}
 
 pub struct Operator {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,

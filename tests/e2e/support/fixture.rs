@@ -64,7 +64,6 @@ pub struct PdMember {
     pub pod: String,
     pub node: String,
     pub instance_id: String,
-    pub root_volume_id: String,
     pub volume: FixtureVolume,
 }
 
@@ -107,15 +106,6 @@ impl TidbClusterFixture {
         }
     }
 
-    pub fn member(&self, pod: &str) -> &TikvMember {
-        self.tikv.iter().find(|m| m.pod == pod).unwrap_or_else(|| panic!("no TiKV pod {pod} in the fixture"))
-    }
-
-    /// Pod name -> member (instance id, volume ids, store id, ...).
-    pub fn by_pod(&self) -> BTreeMap<String, &TikvMember> {
-        self.tikv.iter().map(|m| (m.pod.clone(), m)).collect()
-    }
-
     pub fn by_store_id(&self) -> BTreeMap<u64, &TikvMember> {
         self.tikv.iter().map(|m| (m.store_id, m)).collect()
     }
@@ -123,10 +113,6 @@ impl TidbClusterFixture {
     /// Every TiKV volume (what a backup must snapshot), in pod order.
     pub fn tikv_volume_ids(&self) -> Vec<String> {
         self.tikv.iter().flat_map(TikvMember::volume_ids).collect()
-    }
-
-    pub fn tikv_instance_ids(&self) -> Vec<String> {
-        self.tikv.iter().map(|m| m.instance_id.clone()).collect()
     }
 
     /// Value of the `tidb-ebs-backup.test/fixture` tag on every EC2 resource of this fixture.
@@ -157,19 +143,6 @@ impl FixtureBuilder {
     }
     pub fn volumes_per_store(mut self, n: usize) -> Self {
         self.volumes_per_store = n;
-        self
-    }
-    pub fn pd_replicas(mut self, n: usize) -> Self {
-        self.pd_replicas = n;
-        self
-    }
-    /// Size of each TiKV volume (the emulator counts every block of a fresh volume as written).
-    pub fn tikv_volume_gib(mut self, gib: i32) -> Self {
-        self.tikv_volume_gib = gib;
-        self
-    }
-    pub fn version(mut self, version: &str) -> Self {
-        self.version = version.to_string();
         self
     }
 
@@ -263,7 +236,6 @@ impl FixtureBuilder {
                 PdMember {
                     index: i,
                     node: node_name(ns, &pod),
-                    root_volume_id: root_volumes.get(&instance_id).cloned().unwrap_or_default(),
                     instance_id,
                     volume: FixtureVolume {
                         volume_id: String::new(),

@@ -1,9 +1,19 @@
 //! Shared helpers for the integration tests that run against the local stack (`tests/harness/up`).
 //!
-//! Every test file does `mod support;` and starts with `let stack = Stack::get();`. The stack is shared
-//! by all tests of a run, and tests run in parallel: everything a test makes lives in its own namespace
-//! (`stack.unique_namespace(..)`), and cluster-scoped objects carry that namespace in their names.
-#![allow(dead_code, unused_imports)]
+//! A test starts with `let stack = Stack::get();` (or a `Scene`). The stack is shared by every test of
+//! the run, and the tests of all suites run in parallel in one process: everything a test makes lives in
+//! its own namespace (`stack.unique_namespace(..)`), cluster-scoped objects carry that namespace in their
+//! names, and emulator settings go per volume or snapshot.
+//!
+//! What cannot be made private is guarded by one lock for the whole process:
+//! - `exclusive()` for a test that changes what others see: it pauses PD or sets a GC safepoint (any
+//!   backup that gets that far), injects or clears emulator faults on actions other tests use, changes
+//!   emulator-wide settings, or asserts that PD is exactly as it was;
+//! - `shared()` for a test that others' faults would disturb (it makes CreateSnapshots calls, or relies
+//!   on a fault rule of its own surviving `clear_faults`);
+//! - neither for a test that keeps to its own objects.
+//!
+//! The emulator's request log is never cleared during a run: filter it by time or by your own volumes.
 
 pub mod e2e;
 pub mod emulator;
@@ -22,9 +32,23 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use emulator::Emulator;
-pub use fixture::{FixtureVolume, PdMember, TidbClusterFixture, TikvMember};
+pub use fixture::TidbClusterFixture;
+
+/// See the module comment: exclusive tests run alone, shared ones alongside each other.
+static STACK_LOCK: RwLock<()> = RwLock::const_new(());
+
+/// Holds the stack for this test alone until dropped.
+pub async fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    STACK_LOCK.write().await
+}
+
+/// Keeps exclusive tests away until dropped.
+pub async fn shared() -> RwLockReadGuard<'static, ()> {
+    STACK_LOCK.read().await
+}
 
 /// The message for a test run without a stack.
 pub const NO_STACK: &str = "HARNESS_ENV is not set: start the stack with tests/harness/up or run the README test command \
@@ -275,10 +299,6 @@ impl Stack {
             .send()
             .await
             .unwrap_or_else(|e| panic!("CreateBucket {bucket}: {e:?}"));
-    }
-
-    pub async fn sts_client(&self) -> aws_sdk_sts::Client {
-        aws_sdk_sts::Client::new(&self.aws_config().await)
     }
 
     /// The emulator's control API (`AWS_EMULATOR_CONTROL`).

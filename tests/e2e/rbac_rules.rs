@@ -13,7 +13,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use crate::support::e2e::{Operator, Scene, settings, spawn_operator_binary};
 use crate::support::rbac::{LEASE, case_selector, chart_rules, identity, labelled, rule_key, without};
-use crate::support::{eventually, exclusive, free_port, http};
+use crate::support::{eventually, exclusive, free_port, http, shared};
 use tidb_ebs_backup::api::{Backup, ConditionType};
 use tidb_ebs_backup::backup::Settings;
 
@@ -128,6 +128,8 @@ async fn each_chart_rule_is_needed_by_the_operator() {
 /// the operator cannot lead; it exits naming the refusal and never acts.
 #[tokio::test]
 async fn each_leader_election_rule_is_needed() {
+    // Its scene registers stores in PD (see `support`).
+    let _stack = shared().await;
     let scene = Scene::new("rbac-lease", 1, 1).await;
     let (cluster_rules, lease_rules) = chart_rules(scene.stack).await;
     let keys: Vec<String> = lease_rules.iter().map(rule_key).collect();

@@ -171,6 +171,8 @@ async fn kubectl_and_helm_run() {
 
 #[tokio::test]
 async fn pd_answers_and_lists_the_fixture_stores() {
+    // Its fixture registers stores in PD (see `support`).
+    let _stack = shared().await;
     let stack = Stack::get();
     let version = stack.pd_get("version").await;
     assert!(version["version"].as_str().is_some_and(|v| v.starts_with("v8.5")), "{version}");
@@ -274,6 +276,8 @@ async fn pd_service_gc_safepoint_over_grpc() {
 
 #[tokio::test]
 async fn fixture_builds_a_consistent_cluster_on_kubernetes_and_ec2() {
+    // Its fixture registers stores in PD (see `support`).
+    let _stack = shared().await;
     let stack = Stack::get();
     let ns = stack.unique_namespace("stack-fixture").await;
     let fixture = TidbClusterFixture::create(stack, &ns, "basic", 2, 2).await;
@@ -557,6 +561,8 @@ async fn emulator_s3_works_path_style() {
 /// The fixture is usable for benchmark-sized clusters: 30 stores with two volumes each.
 #[tokio::test]
 async fn fixture_scales_to_thirty_stores() {
+    // Its fixture registers stores in PD (see `support`).
+    let _stack = shared().await;
     let stack = Stack::get();
     let ns = stack.unique_namespace("stack-fixture-30").await;
     let started = std::time::Instant::now();

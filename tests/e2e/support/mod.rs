@@ -9,9 +9,12 @@
 //! - `exclusive()` for a test that changes what others see: it pauses PD or sets a GC safepoint (any
 //!   backup that gets that far), injects or clears emulator faults on actions other tests use, changes
 //!   emulator-wide settings, or asserts that PD is exactly as it was;
-//! - `shared()` for a test that others' faults would disturb (it makes CreateSnapshots calls, or relies
-//!   on a fault rule of its own surviving `clear_faults`);
-//! - neither for a test that keeps to its own objects.
+//! - `shared()` for a test that must not overlap an exclusive one but may overlap other shared ones: it
+//!   registers TiKV stores in the stack's PD (any fixture or `Scene`: PD's schedule config gains a store
+//!   limit per store, which a backup's before/after comparison sees), makes CreateSnapshots calls (an
+//!   exclusive test's faults would take them), or relies on a fault rule of its own surviving
+//!   `clear_faults`;
+//! - neither for a test that keeps to its own namespace and objects.
 //!
 //! The emulator's request log is never cleared during a run: filter it by time or by your own volumes.
 

@@ -45,7 +45,9 @@ async fn measure(stores: usize, volumes_per_store: usize, round: usize) -> Figur
             resumed_at = Some(now);
         }
         let backup = api.get("bench").await.expect("get Backup");
-        if created_at.is_none() && backup.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == ConditionType::VolumeBackupSnapshotsCreated)) {
+        if created_at.is_none()
+            && backup.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == ConditionType::VolumeBackupSnapshotsCreated))
+        {
             created_at = Some(now);
         }
         match backup.phase() {

@@ -53,9 +53,7 @@ async fn main() {
     }
 
     use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
-    let location = CreateBucketConfiguration::builder()
-        .location_constraint(BucketLocationConstraint::from(stack.aws_region.as_str()))
-        .build();
+    let location = CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(stack.aws_region.as_str())).build();
     match stack.s3_client().await.create_bucket().bucket(BUCKET).create_bucket_configuration(location).send().await {
         Ok(_) => println!("S3 bucket {BUCKET}: created in {}", stack.aws_region),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()) => {

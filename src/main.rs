@@ -97,7 +97,8 @@ async fn main() -> anyhow_free::Result {
     let connectors = Arc::new(RealConnectors::new(AwsSettings::from_environment().await));
     if !args.leader_election {
         tracing::info!(namespace = ?args.namespace, "starting without leader election");
-        backup::run(client, settings, connectors, metrics, Arc::new(Fence::unfenced()), args.namespace, args.backup_selector, shutdown_signal()).await;
+        backup::run(client, settings, connectors, metrics, Arc::new(Fence::unfenced()), args.namespace, args.backup_selector, shutdown_signal())
+            .await;
         server.abort();
         return Ok(());
     }

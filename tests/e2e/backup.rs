@@ -4,11 +4,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::e2e::{Operator, PdState, Scene, assert_completed, pd_state, settings, settled_pd_state};
+use crate::support::{Emulator, eventually, exclusive};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use crate::support::e2e::{Operator, PdState, Scene, assert_completed, pd_state, settings, settled_pd_state};
-use crate::support::{Emulator, eventually, exclusive};
 use tidb_ebs_backup::api::{Backup, ConditionType};
 
 #[tokio::test]
@@ -37,7 +37,8 @@ async fn access_key_backup_completes_and_pauses_pd_only_while_snapshotting() {
     let table = String::from_utf8_lossy(&wide.stdout).to_string();
     let row = table.lines().find(|l| l.starts_with("full1")).unwrap_or_else(|| panic!("{table}"));
     let status = backup.status.unwrap();
-    for expected in ["Complete", status.backup_path.as_deref().unwrap(), status.commit_ts.as_deref().unwrap(), status.time_taken.as_deref().unwrap()] {
+    for expected in ["Complete", status.backup_path.as_deref().unwrap(), status.commit_ts.as_deref().unwrap(), status.time_taken.as_deref().unwrap()]
+    {
         assert!(row.contains(expected), "`{expected}` in {row}");
     }
     assert!(row.split_whitespace().count() >= 13, "all wide columns filled: {row}");
@@ -60,7 +61,9 @@ async fn iam_role_and_irsa_backups_use_their_own_identity() {
     let before = settled_pd_state(scene.stack).await;
     let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
 
-    scene.apply(&scene.backup_yaml("role1", json!({}), json!({"iam.amazonaws.com/role": "arn:aws:iam::123456789012:role/tidb-backup"}))).await;
+    scene
+        .apply(&scene.backup_yaml("role1", json!({}), json!({"iam.amazonaws.com/role": "arn:aws:iam::123456789012:role/tidb-backup"})))
+        .await;
     assert_completed(&scene, "role1", &before).await;
     scene.apply(&scene.backup_yaml("irsa1", json!({"serviceAccount": "tidb-backup-manager"}), json!({}))).await;
     assert_completed(&scene, "irsa1", &before).await;
@@ -97,7 +100,9 @@ async fn failures_leave_nothing_paused_and_no_stray_snapshots() {
     assert!(failed.status.unwrap().conditions.iter().any(|c| c.message.as_deref().is_some_and(|m| m.contains("missing"))));
     scene.apply(&scene.backup_yaml("no-keys", json!({"s3": {"secretName": "no-keys"}}), json!({}))).await;
     expect_failure(&scene, "no-keys", "SecretKeyMissing", &before).await;
-    scene.apply(&scene.backup_yaml("no-bucket", json!({"s3": {"secretName": "good", "bucket": "does-not-exist-bucket"}}), json!({}))).await;
+    scene
+        .apply(&scene.backup_yaml("no-bucket", json!({"s3": {"secretName": "good", "bucket": "does-not-exist-bucket"}}), json!({})))
+        .await;
     expect_failure(&scene, "no-bucket", "BucketNotAccessible", &before).await;
 
     let s3 = scene.stack.s3_client().await;
@@ -139,7 +144,9 @@ async fn throttled_create_snapshots_are_retried_until_they_pass() {
         .await
         .into_iter()
         .filter(|r| r["path"].as_str().is_some() && r["time"].as_f64() >= Some(started))
-        .filter(|r| r["error_code"].as_str().is_some() || r["volume_ids"].as_array().is_some_and(|v| v.iter().any(|id| ours.iter().any(|o| id == o.as_str()))))
+        .filter(|r| {
+            r["error_code"].as_str().is_some() || r["volume_ids"].as_array().is_some_and(|v| v.iter().any(|id| ours.iter().any(|o| id == o.as_str())))
+        })
         .collect();
     let throttled = calls.iter().filter(|r| r["error_code"].as_str().is_some()).count();
     let succeeded = calls.iter().filter(|r| r["status"] == 200).count();

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
+use crate::support::e2e::{Scene, spawn_operator_binary};
+use crate::support::{describe_output, eventually, exclusive, free_port, http};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use crate::support::e2e::{Scene, spawn_operator_binary};
-use crate::support::{describe_output, eventually, exclusive, free_port, http};
 use tidb_ebs_backup::api::ConditionType;
 
 async fn status_of(url: &str) -> Option<u16> {

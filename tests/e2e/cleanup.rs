@@ -4,20 +4,18 @@
 
 use std::time::Duration;
 
+use crate::support::e2e::{Operator, Scene, pd_state, settings, settled_pd_state};
+use crate::support::{describe_output, eventually, exclusive};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
-use crate::support::e2e::{Operator, Scene, pd_state, settings, settled_pd_state};
-use crate::support::{describe_output, eventually, exclusive};
 use tidb_ebs_backup::api::{BACKUP_PROTECTION_FINALIZER, Backup, ConditionType};
 
 async fn delete_and_wait_gone(scene: &Scene, name: &str) {
     let api: Api<Backup> = scene.api();
     api.delete(name, &DeleteParams::default()).await.expect("delete Backup");
-    eventually(&format!("Backup {name} to be gone"), Duration::from_secs(90), || async {
-        matches!(api.get_opt(name).await, Ok(None)).then_some(())
-    })
-    .await;
+    eventually(&format!("Backup {name} to be gone"), Duration::from_secs(90), || async { matches!(api.get_opt(name).await, Ok(None)).then_some(()) })
+        .await;
 }
 
 /// (snapshots left, backupmeta left) after deleting `name`.
@@ -123,16 +121,18 @@ async fn delete_snapshot_throttling_is_retried_within_the_delete_rate() {
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
     scene
-        .apply(&scene.backup_yaml("rate", json!({"cleanPolicy": "Delete", "cleanOption": {"snapshotsDeleteRatio": 2.0}, "s3": {"secretName": "keys"}}), json!({})))
+        .apply(&scene.backup_yaml(
+            "rate",
+            json!({"cleanPolicy": "Delete", "cleanOption": {"snapshotsDeleteRatio": 2.0}, "s3": {"secretName": "keys"}}),
+            json!({}),
+        ))
         .await;
     let backup = scene.wait_phase("rate", &[ConditionType::Complete], Duration::from_secs(120)).await;
     let uid = backup.metadata.uid.clone().unwrap();
     let snapshots: Vec<String> = scene.snapshots_tagged(&uid).await.iter().filter_map(|s| s.snapshot_id().map(String::from)).collect();
     let emulator = scene.stack.emulator();
     emulator.clear_faults().await;
-    let fault = emulator
-        .add_fault(json!({"action": "DeleteSnapshot", "status": 503, "code": "RequestLimitExceeded", "times": 3}))
-        .await;
+    let fault = emulator.add_fault(json!({"action": "DeleteSnapshot", "status": 503, "code": "RequestLimitExceeded", "times": 3})).await;
     delete_and_wait_gone(&scene, "rate").await;
     if let Some(id) = fault["id"].as_u64() {
         emulator.remove_fault(id).await;
@@ -168,7 +168,6 @@ async fn a_backup_whose_secret_is_gone_is_cleaned_with_the_operators_identity() 
     assert_eq!(leftovers(&scene, "orphan", &uid).await, (0, false));
     operator.stop().await;
 }
-
 
 #[tokio::test]
 async fn deleting_the_namespace_cleans_its_delete_policy_backup_and_finishes() {
@@ -239,9 +238,15 @@ async fn a_clean_up_that_cannot_succeed_waits_for_the_user_and_releases_on_the_a
     assert_eq!(leftovers(&scene, "stuck", &uid).await, (snapshots, true), "released on request, data kept");
     operator.wait_for_metric("tidb_ebs_backup_cleanups_total{result=\"released\"} 1").await;
     operator.wait_for_metric("tidb_ebs_backup_cleanups_total{result=\"failed\"}").await;
-    let events = scene.stack.kubectl(["get", "events", "-n", &scene.namespace, "--field-selector", "involvedObject.name=stuck", "-o", "json"]).await;
+    let events = scene
+        .stack
+        .kubectl(["get", "events", "-n", &scene.namespace, "--field-selector", "involvedObject.name=stuck", "-o", "json"])
+        .await;
     let events: Value = serde_json::from_slice(&events.stdout).unwrap();
     let notes: Vec<&str> = events["items"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
-    assert!(notes.iter().any(|m| m.contains("released without clean-up") && m.contains(&uid)), "an Event tells where the leftover snapshots are: {notes:#?}");
+    assert!(
+        notes.iter().any(|m| m.contains("released without clean-up") && m.contains(&uid)),
+        "an Event tells where the leftover snapshots are: {notes:#?}"
+    );
     operator.stop().await;
 }

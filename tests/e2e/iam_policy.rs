@@ -5,8 +5,8 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::Value;
 use crate::support::Stack;
+use serde_json::Value;
 use tidb_ebs_backup::aws::credentials::APP_NAME;
 
 /// The IAM action that authorises one logged API call.

@@ -3,20 +3,28 @@
 
 use std::time::Duration;
 
+use crate::support::e2e::{Scene, assert_pd_unchanged, pd_state, settled_pd_state, spawn_operator_binary};
+use crate::support::{Stack, eventually, exclusive};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::json;
-use crate::support::e2e::{Scene, assert_pd_unchanged, pd_state, settled_pd_state, spawn_operator_binary};
-use crate::support::{Stack, eventually, exclusive};
 use tidb_ebs_backup::api::ConditionType;
 use tokio::process::Child;
 
 fn spawn_operator(stack: &Stack, namespace: &str, identity: &str) -> Child {
     let args = ["--namespace", namespace, "--lease-namespace", namespace, "--identity", identity, "--pd-url-template", &stack.pd_url];
     let timing = [
-        "--lease-duration-seconds", "6", "--poll-interval-seconds", "1", "--pause-ttl-seconds", "30", "--metrics-addr", "127.0.0.1:0",
-        "--create-snapshots-timeout-seconds", "12",
+        "--lease-duration-seconds",
+        "6",
+        "--poll-interval-seconds",
+        "1",
+        "--pause-ttl-seconds",
+        "30",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--create-snapshots-timeout-seconds",
+        "12",
     ];
     spawn_operator_binary(stack, &stack.kubeconfig, &format!("{namespace}-{identity}"), &[&args[..], &timing[..]].concat())
 }
@@ -62,10 +70,8 @@ async fn only_the_lease_holder_acts_and_a_standby_takes_over() {
     let (dead, survivor) = if leader == "op-a" { (&mut a, "op-b") } else { (&mut b, "op-a") };
     dead.start_kill().unwrap();
     dead.wait().await.unwrap();
-    let new_leader = eventually("the standby to take the Lease", Duration::from_secs(30), || async {
-        holder(&leases).await.filter(|h| h == survivor)
-    })
-    .await;
+    let new_leader =
+        eventually("the standby to take the Lease", Duration::from_secs(30), || async { holder(&leases).await.filter(|h| h == survivor) }).await;
     let done = scene.wait_phase("second", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(90)).await;
     assert_eq!(done.phase(), Some(&ConditionType::Complete), "{:#?}", done.status);
     assert!(reporters(&scene, "second").await.contains(&new_leader), "the new leader finished the backup");
@@ -100,7 +106,10 @@ async fn a_lease_stolen_mid_create_snapshots_yields_one_snapshot_set_and_no_seco
     scene.apply(&scene.backup_yaml("stolen", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
     scene.wait_for_calls_in_flight("stolen").await;
     let steal = json!({"spec": {"holderIdentity": "op-b"}});
-    let output = scene.stack.kubectl(["patch", "lease", "tidb-ebs-backup", "-n", &scene.namespace, "--type", "merge", "-p", &steal.to_string()]).await;
+    let output = scene
+        .stack
+        .kubectl(["patch", "lease", "tidb-ebs-backup", "-n", &scene.namespace, "--type", "merge", "-p", &steal.to_string()])
+        .await;
     assert!(output.status.success(), "{}", crate::support::describe_output(&output));
     // The old leader notices at its next renewal (a third of the 6 s Lease) and exits.
     let exit = tokio::time::timeout(Duration::from_secs(10), a.wait()).await.expect("the old leader exits").unwrap();
@@ -110,7 +119,8 @@ async fn a_lease_stolen_mid_create_snapshots_yields_one_snapshot_set_and_no_seco
     let ours = scene.successful_create_snapshots().await;
     assert_eq!(ours.len(), scene.cluster.tikv.len(), "one successful CreateSnapshots per instance across both leaders: {ours:#?}");
     let uid = done.metadata.uid.clone().unwrap();
-    let tagged: std::collections::BTreeSet<String> = scene.snapshots_tagged(&uid).await.iter().filter_map(|s| s.snapshot_id().map(String::from)).collect();
+    let tagged: std::collections::BTreeSet<String> =
+        scene.snapshots_tagged(&uid).await.iter().filter_map(|s| s.snapshot_id().map(String::from)).collect();
     let meta: serde_json::Value = serde_json::from_slice(&scene.object("stolen/backupmeta").await.expect("backupmeta")).unwrap();
     let listed: std::collections::BTreeSet<String> = tidb_ebs_backup::backup::meta::snapshot_ids_in_meta(&meta).into_iter().collect();
     assert_eq!(listed, tagged, "backupmeta lists exactly the backup's snapshots");

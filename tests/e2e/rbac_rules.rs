@@ -7,20 +7,24 @@
 
 use std::time::Duration;
 
+use crate::support::e2e::{Operator, Scene, settings, spawn_operator_binary};
+use crate::support::rbac::{LEASE, case_selector, chart_rules, identity, labelled, rule_key, without};
+use crate::support::{eventually, exclusive, free_port, http, shared};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
-use crate::support::e2e::{Operator, Scene, settings, spawn_operator_binary};
-use crate::support::rbac::{LEASE, case_selector, chart_rules, identity, labelled, rule_key, without};
-use crate::support::{eventually, exclusive, free_port, http, shared};
 use tidb_ebs_backup::api::{Backup, ConditionType};
 use tidb_ebs_backup::backup::Settings;
 
 async fn events_about(scene: &Scene, name: &str) -> Vec<String> {
     let events: Api<Event> = Api::namespaced(scene.client.clone(), &scene.namespace);
     let list = events.list(&ListParams::default()).await.unwrap();
-    list.items.into_iter().filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)).filter_map(|e| e.note).collect()
+    list.items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| e.note)
+        .collect()
 }
 
 fn failed_message(backup: &Backup) -> String {
@@ -115,8 +119,10 @@ async fn each_chart_rule_is_needed_by_the_operator() {
                     // The Delete policy's clean-up needs the same rules.
                     let api = scene.api();
                     api.delete(case, &Default::default()).await.unwrap();
-                    eventually(&format!("{case} deleted"), Duration::from_secs(60), || async { matches!(api.get_opt(case).await, Ok(None)).then_some(()) })
-                        .await;
+                    eventually(&format!("{case} deleted"), Duration::from_secs(60), || async {
+                        matches!(api.get_opt(case).await, Ok(None)).then_some(())
+                    })
+                    .await;
                 }
             }
         }

@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use crate::support::e2e::{Operator, Scene, assert_pd_unchanged, pd_state, settings, settled_pd_state};
 use crate::support::{Stack, eventually, exclusive};
+use serde_json::json;
 use tidb_ebs_backup::api::ConditionType;
 
 /// PD as sampled every 100 ms: how many schedulers were paused and which of our safepoints were alive.
@@ -213,7 +213,9 @@ async fn transient_failures_after_the_pause_never_delete_a_good_backup() {
         emulator.set_volume_snapshot_behaviour(&volume, 12.0, "completed").await;
     }
     let first = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
-    scene.apply(&scene.backup_yaml("role", json!({}), json!({"iam.amazonaws.com/role": "arn:aws:iam::123456789012:role/tidb-backup"}))).await;
+    scene
+        .apply(&scene.backup_yaml("role", json!({}), json!({"iam.amazonaws.com/role": "arn:aws:iam::123456789012:role/tidb-backup"})))
+        .await;
     scene.wait_phase("role", &[ConditionType::VolumeBackupSnapshotsCreated], Duration::from_secs(60)).await;
     first.crash();
     emulator
@@ -272,10 +274,14 @@ async fn orphan_snapshots_are_reported_and_retained_backups_are_not() {
         Some(scene.snapshots_tagged(&dropped_uid).await).filter(|s| s.len() == 2)
     })
     .await;
-    let connectors = tidb_ebs_backup::backup::context::RealConnectors::new(tidb_ebs_backup::aws::AwsSettings { base: scene.stack.aws_config().await });
+    let connectors =
+        tidb_ebs_backup::backup::context::RealConnectors::new(tidb_ebs_backup::aws::AwsSettings { base: scene.stack.aws_config().await });
     let (empty, _) = kube::runtime::reflector::store::<tidb_ebs_backup::api::Backup>();
     let orphans = tidb_ebs_backup::backup::orphans::scan(&scene.client, &connectors, &empty).await.unwrap();
-    let ours = orphans.iter().find(|o| o.uid == dropped_uid).unwrap_or_else(|| panic!("the dropped backup's snapshots are reported: {orphans:?}"));
+    let ours = orphans
+        .iter()
+        .find(|o| o.uid == dropped_uid)
+        .unwrap_or_else(|| panic!("the dropped backup's snapshots are reported: {orphans:?}"));
     let mut expected: Vec<String> = left.iter().filter_map(|s| s.snapshot_id().map(String::from)).collect();
     expected.sort();
     assert_eq!(ours.snapshots, expected);

@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::e2e::{Operator, Scene, settings};
+use crate::support::{Stack, free_port, shared};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
-use crate::support::{Stack, free_port, shared};
-use crate::support::e2e::{Operator, Scene, settings};
 use tidb_ebs_backup::api::ConditionType;
 use tidb_ebs_backup::api::tidbcluster::tidbcluster_resource;
 
@@ -54,10 +54,7 @@ async fn a_tls_cluster_is_backed_up_through_its_client_certificate() {
     let stack = stack_with_tls_pd(&dir).await;
     let scene = Scene::new_on(stack, "tls", 2, 1).await;
     let clusters: Api<DynamicObject> = Api::namespaced_with(scene.client.clone(), &scene.namespace, &tidbcluster_resource());
-    clusters
-        .patch("basic", &PatchParams::default(), &Patch::Merge(json!({"spec": {"tlsCluster": {"enabled": true}}})))
-        .await
-        .unwrap();
+    clusters.patch("basic", &PatchParams::default(), &Patch::Merge(json!({"spec": {"tlsCluster": {"enabled": true}}}))).await.unwrap();
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let operator = Operator::start(stack, &scene.namespace, settings(stack)).await;
 

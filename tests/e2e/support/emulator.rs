@@ -112,8 +112,7 @@ impl Emulator {
     /// Logged requests filtered by `action`, `service`, `error_code` and/or `since` (epoch seconds).
     pub async fn requests_where(&self, query: &[(&str, String)]) -> Vec<Value> {
         let url = format!("{}/requests", self.base);
-        let response =
-            self.http.get(&url).query(query).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let response = self.http.get(&url).query(query).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
         let value = json_or_panic("GET", &url, response).await;
         value["requests"].as_array().cloned().unwrap_or_default()
     }

@@ -151,8 +151,7 @@ impl Stack {
     /// A fresh admin client (a client's connection pool belongs to the runtime that made it, and every
     /// `#[tokio::test]` has its own runtime, so clients are not shared between tests).
     pub async fn kube_client(&self) -> kube::Client {
-        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)
-            .unwrap_or_else(|e| panic!("reading kubeconfig {}: {e}", self.kubeconfig.display()));
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).unwrap_or_else(|e| panic!("reading kubeconfig {}: {e}", self.kubeconfig.display()));
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", self.kubeconfig.display()));
@@ -178,7 +177,8 @@ impl Stack {
     pub async fn service_account_token(&self, namespace: &str, name: &str) -> String {
         use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
         let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(self.kube_client().await, namespace);
-        let request = TokenRequest { spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), ..Default::default() }, ..Default::default() };
+        let request =
+            TokenRequest { spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), ..Default::default() }, ..Default::default() };
         let status = accounts.create_token_request(name, &PostParams::default(), &request).await.expect("TokenRequest").status;
         status.expect("TokenRequest status").token
     }
@@ -291,9 +291,7 @@ impl Stack {
     /// Creates `bucket` in the harness region (outside us-east-1 S3 needs the location constraint).
     pub async fn create_bucket(&self, bucket: &str) {
         use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
-        let config = CreateBucketConfiguration::builder()
-            .location_constraint(BucketLocationConstraint::from(self.aws_region.as_str()))
-            .build();
+        let config = CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(self.aws_region.as_str())).build();
         self.s3_client()
             .await
             .create_bucket()
@@ -328,8 +326,7 @@ impl Stack {
 
     /// The crate's PD client for the harness PD.
     pub fn pd_client(&self) -> tidb_ebs_backup::pd::PdClient {
-        tidb_ebs_backup::pd::PdClient::new(tidb_ebs_backup::pd::PdEndpoint { url: self.pd_url.clone(), tls: None })
-            .expect("PD client")
+        tidb_ebs_backup::pd::PdClient::new(tidb_ebs_backup::pd::PdEndpoint { url: self.pd_url.clone(), tls: None }).expect("PD client")
     }
 
     /// Registers `stores` fake TiKV stores for `<namespace>/<name>` (idempotent per cluster and index).
@@ -351,11 +348,7 @@ pub struct FakeStore {
 }
 
 pub async fn create_unique_namespace(client: &kube::Client, prefix: &str) -> String {
-    let mut clean: String = prefix
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
+    let mut clean: String = prefix.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     clean.truncate(40);
     let clean = clean.trim_matches('-').to_string();
     let clean = if clean.is_empty() { "t".to_string() } else { clean };
@@ -398,11 +391,10 @@ async fn run(mut cmd: tokio::process::Command, stdin: Option<&str>) -> Output {
         pipe.write_all(input.as_bytes()).await.unwrap_or_else(|e| panic!("writing stdin of {described}: {e}"));
         drop(pipe);
     }
-    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("{described} did not finish within 120 s"))
-        .unwrap_or_else(|e| panic!("waiting for {described}: {e}"));
-    output
+        .unwrap_or_else(|e| panic!("waiting for {described}: {e}"))
 }
 
 /// stdout and stderr of a finished command, for assertion messages.
@@ -464,6 +456,11 @@ pub fn jwt_claims(token: &str) -> serde_json::Value {
     serde_json::from_slice(&payload).unwrap_or_else(|e| panic!("JWT payload is not JSON: {e}"))
 }
 
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,9 +478,4 @@ mod tests {
         let err = Stack::parse("KUBECONFIG=/x\n").unwrap_err();
         assert!(err.contains("KUBE_APISERVER"), "{err}");
     }
-}
-
-/// A loopback port free right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

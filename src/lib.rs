@@ -13,12 +13,6 @@ pub mod k8s;
 pub mod metrics;
 pub mod pd;
 
-/// Picks rustls's process-wide crypto provider. Both `ring` (kube, reqwest) and `aws-lc-rs` (the AWS
-/// SDK) are linked, so rustls cannot choose by itself; call this before creating any client.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// A point where the crash-point tests kill the operator: built with the `failpoints` feature and run
 /// with `FAILPOINTS=<name>=return`, the process aborts there. Without the feature it is nothing.
 #[macro_export]

@@ -73,7 +73,6 @@ async fn main() -> anyhow_free::Result {
     let args = Args::parse();
     #[cfg(feature = "failpoints")]
     let _crash_points = fail::FailScenario::setup();
-    tidb_ebs_backup::install_crypto_provider();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)?;
     match args.log_format {
         LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),

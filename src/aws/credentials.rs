@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_config::{BehaviorVersion, SdkConfig};
+use aws_config::SdkConfig;
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 
@@ -47,7 +47,7 @@ pub struct AwsSettings {
 
 impl AwsSettings {
     pub async fn from_environment() -> Self {
-        Self { base: aws_config::defaults(BehaviorVersion::latest()).load().await }
+        Self { base: super::config_loader().load().await }
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod credentials;
 pub mod ec2;
 pub mod s3;
+pub mod sdk;
 
 use std::time::SystemTime;
 
@@ -12,6 +13,7 @@ use async_trait::async_trait;
 pub use credentials::{AwsIdentity, AwsSettings, CredentialSource};
 pub use ec2::Ec2Snapshots;
 pub use s3::S3MetaStore;
+pub use sdk::config_loader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AwsError {

@@ -524,6 +524,24 @@ async fn emulator_s3_works_path_style() {
     assert!(logged.iter().any(|r| r["path"] == format!("/{bucket}/backup/backupmeta")), "path-style request");
 }
 
+/// The AWS SDK's HTTPS client (rustls on ring; the suites reach the emulator over plain http) does a real
+/// TLS handshake: against the apiserver, whose certificate no public root signs, a call fails on that
+/// certificate, not before it.
+#[tokio::test]
+async fn the_aws_sdk_https_client_does_tls() {
+    let stack = Stack::get();
+    let config = tidb_ebs_backup::aws::config_loader()
+        .endpoint_url(&stack.kube_apiserver)
+        .region(aws_config::Region::new(stack.aws_region.clone()))
+        .credentials_provider(aws_credential_types::Credentials::new("a", "b", None, None, "test"))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .load()
+        .await;
+    let err = aws_sdk_sts::Client::new(&config).get_caller_identity().send().await.expect_err("an untrusted certificate");
+    let text = aws_smithy_types::error::display::DisplayErrorContext(&err).to_string();
+    assert!(text.contains("invalid peer certificate"), "{text}");
+}
+
 /// The fixture is usable for benchmark-sized clusters: 30 stores with two volumes each.
 #[tokio::test]
 async fn fixture_scales_to_thirty_stores() {

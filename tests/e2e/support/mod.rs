@@ -85,11 +85,8 @@ pub struct Stack {
 impl Stack {
     /// The stack named by `HARNESS_ENV`, read once per test binary.
     pub fn get() -> &'static Stack {
-        // Both ring and aws-lc-rs are linked; rustls needs to be told which one to use.
-        tidb_ebs_backup::install_crypto_provider();
         static STACK: OnceLock<Stack> = OnceLock::new();
         STACK.get_or_init(|| {
-            tidb_ebs_backup::install_crypto_provider();
             let path = std::env::var_os("HARNESS_ENV").filter(|p| !p.is_empty()).unwrap_or_else(|| panic!("{NO_STACK}"));
             let text = std::fs::read_to_string(&path)
                 .unwrap_or_else(|e| panic!("reading HARNESS_ENV file {}: {e}; {NO_STACK}", PathBuf::from(&path).display()));
@@ -259,7 +256,7 @@ impl Stack {
             None,
             "tidb-ebs-backup-harness",
         );
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
+        tidb_ebs_backup::aws::config_loader()
             .endpoint_url(&self.aws_endpoint_url)
             .credentials_provider(credentials)
             .region(aws_config::Region::new(self.aws_region.clone()))

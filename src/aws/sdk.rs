@@ -1,15 +1,24 @@
-//! Where every AWS SDK config of the operator (and of its tests) starts: an HTTPS client on rustls with
-//! ring.
+//! Where every AWS SDK config of the operator (and of its tests) starts: a pinned behaviour version and
+//! an HTTPS client on rustls with ring.
 
 use aws_config::{BehaviorVersion, ConfigLoader};
 use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use aws_smithy_http_client::{Builder, ConnectorBuilder};
 
-/// `aws_config::defaults` with the HTTPS client the SDK's `default-https-client` would build (hyper,
-/// rustls, the platform's root certificates, `HTTPS_PROXY` / `NO_PROXY` from the environment), but on
-/// ring: the crypto provider kube, reqwest and tonic use. With aws-lc as well, the build would compile
-/// aws-lc-sys (slow, needs cmake) and rustls could not pick a provider by itself.
+/// The SDK's defaults (retries, timeouts, stalled-stream protection, ...) as of this version, the newest
+/// the locked SDK has. `BehaviorVersion::latest()` would move them with a `cargo update`, under code that
+/// is tuned to them (the timeouts in `credentials.rs`, the throttling and retries in `ec2.rs`); move it on
+/// purpose, after reading what the new version changes.
+pub fn behavior_version() -> BehaviorVersion {
+    BehaviorVersion::v2026_01_12()
+}
+
+/// `aws_config::defaults` with the pinned behaviour version and the HTTPS client the SDK's
+/// `default-https-client` would build (hyper, rustls, the platform's root certificates, `HTTPS_PROXY` /
+/// `NO_PROXY` from the environment as that version does), but on ring: the crypto provider kube, reqwest
+/// and tonic use. With aws-lc as well, the build would compile aws-lc-sys (slow, needs cmake) and rustls
+/// could not pick a provider by itself.
 pub fn config_loader() -> ConfigLoader {
     let https = Builder::new().build_with_connector_fn(|settings, components| {
         let mut connector = ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
@@ -20,7 +29,7 @@ pub fn config_loader() -> ConfigLoader {
         connector.set_proxy_config(Some(ProxyConfig::from_env()));
         connector.build()
     });
-    aws_config::defaults(BehaviorVersion::latest()).http_client(https)
+    aws_config::defaults(behavior_version()).http_client(https)
 }
 
 #[cfg(test)]

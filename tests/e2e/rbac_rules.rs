@@ -2,7 +2,7 @@
 //! leader-election Role, an operator running as a ServiceAccount bound to the chart's rules minus that one
 //! rule breaks where the rule's comment says it is used; with all the rules the same Backups work
 //! (controls). `backups/status` is idle here — asserted, not assumed: it serves only a Backup CRD with a
-//! status subresource, which the stack's (TiDB Operator's) CRD does not have; `status_subresource_e2e.rs`
+//! status subresource, which the stack's (TiDB Operator's) CRD does not have; `status_subresource.rs`
 //! shows it needed where the CRD has one.
 
 use std::time::Duration;

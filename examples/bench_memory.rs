@@ -3,7 +3,9 @@
 //! Needs the local stack and `OPERATOR_BIN` (`scripts/bench` builds a release binary and starts both).
 //! Prints a table; asserts nothing.
 
-#[path = "../tests/support/mod.rs"]
+// The e2e suites' support; an example uses only part of it.
+#[allow(dead_code)]
+#[path = "../tests/e2e/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
@@ -17,7 +19,12 @@ use tidb_ebs_backup::api::ConditionType;
 fn memory(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("operator still running");
     let kib = |key: &str| {
-        status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
     };
     (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
 }
@@ -53,9 +60,8 @@ async fn main() {
     // Many Backups that fail in preflight (their Secret does not exist): each is reconciled once, then
     // stays in the watch cache, as a long history of Backups does.
     let start = Instant::now();
-    let backups: Vec<serde_json::Value> = (0..many)
-        .map(|i| scene.backup_yaml(&format!("old-{i:04}"), json!({"s3": {"secretName": "missing"}}), json!({})))
-        .collect();
+    let backups: Vec<serde_json::Value> =
+        (0..many).map(|i| scene.backup_yaml(&format!("old-{i:04}"), json!({"s3": {"secretName": "missing"}}), json!({}))).collect();
     let list = json!({"apiVersion": "v1", "kind": "List", "items": backups});
     let out = stack.kubectl_with_stdin(["apply", "-f", "-"], Some(&list.to_string())).await;
     assert!(out.status.success(), "{}", support::describe_output(&out));

@@ -2,7 +2,9 @@
 //! long apply -> VolumeBackupSnapshotsCreated and apply -> Complete take, for 3 and 30 TiKV stores.
 //! Needs the local stack (`scripts/bench` starts one). Prints a table; asserts nothing.
 
-#[path = "../tests/support/mod.rs"]
+// The e2e suites' support; an example uses only part of it.
+#[allow(dead_code)]
+#[path = "../tests/e2e/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
@@ -43,7 +45,9 @@ async fn measure(stores: usize, volumes_per_store: usize, round: usize) -> Figur
             resumed_at = Some(now);
         }
         let backup = api.get("bench").await.expect("get Backup");
-        if created_at.is_none() && backup.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == ConditionType::VolumeBackupSnapshotsCreated)) {
+        if created_at.is_none()
+            && backup.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == ConditionType::VolumeBackupSnapshotsCreated))
+        {
             created_at = Some(now);
         }
         match backup.phase() {

@@ -6,7 +6,9 @@
 //! Usage: HARNESS_ENV=<env file printed by tests/harness/up> cargo run --example demo_fixture
 //! Running it again on the same stack keeps what exists (the TidbCluster is only created once).
 
-#[path = "../tests/support/mod.rs"]
+// The e2e suites' support; an example uses only part of it.
+#[allow(dead_code)]
+#[path = "../tests/e2e/support/mod.rs"]
 mod support;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -51,9 +53,7 @@ async fn main() {
     }
 
     use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
-    let location = CreateBucketConfiguration::builder()
-        .location_constraint(BucketLocationConstraint::from(stack.aws_region.as_str()))
-        .build();
+    let location = CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(stack.aws_region.as_str())).build();
     match stack.s3_client().await.create_bucket().bucket(BUCKET).create_bucket_configuration(location).send().await {
         Ok(_) => println!("S3 bucket {BUCKET}: created in {}", stack.aws_region),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()) => {

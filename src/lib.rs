@@ -3,6 +3,11 @@
 
 pub mod api;
 pub mod aws;
+// src/backup/ is being split into one module per step (issue 14); it is formatted and its lints fixed
+// when that lands. Until then rustfmt leaves it alone and clippy's one finding there (a collapsible if
+// in steps.rs) is allowed. Remove both attributes then.
+#[rustfmt::skip]
+#[allow(clippy::collapsible_if)]
 pub mod backup;
 pub mod k8s;
 pub mod metrics;
@@ -10,12 +15,6 @@ pub mod pd;
 pub mod reason;
 #[cfg(test)]
 pub(crate) mod testkit;
-
-/// Picks rustls's process-wide crypto provider. Both `ring` (kube, reqwest) and `aws-lc-rs` (the AWS
-/// SDK) are linked, so rustls cannot choose by itself; call this before creating any client.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
 
 /// A point where the crash-point tests kill the operator: built with the `failpoints` feature and run
 /// with `FAILPOINTS=<name>=return`, the process aborts there. Without the feature it is nothing.

@@ -84,7 +84,6 @@ async fn main() -> anyhow_free::Result {
     let args = Args::parse();
     #[cfg(feature = "failpoints")]
     let _crash_points = fail::FailScenario::setup();
-    tidb_ebs_backup::install_crypto_provider();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)?;
     match args.log_format {
         LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
@@ -111,7 +110,8 @@ async fn main() -> anyhow_free::Result {
     let connectors = Arc::new(RealConnectors::new(AwsSettings::from_environment().await));
     if !args.leader_election {
         tracing::info!(namespace = ?args.namespace, "starting without leader election");
-        backup::run(client, settings, connectors, metrics, Arc::new(Fence::unfenced()), args.namespace, args.backup_selector, shutdown_signal()).await;
+        backup::run(client, settings, connectors, metrics, Arc::new(Fence::unfenced()), args.namespace, args.backup_selector, shutdown_signal())
+            .await;
         server.abort();
         return Ok(());
     }

@@ -71,12 +71,24 @@ impl Default for Metrics {
         let pauses_held = Gauge::default();
         let orphan_snapshots = Gauge::default();
         registry.register("pause_refreshes", "Refreshes of a PD pause by its keeper, by result (ok, failed)", pause_refreshes.clone());
-        registry.register("pause_keeper_stops", "Pause keepers stopped, by why (resumed, deleted, failed, window, not-leader, ...)", keeper_stops.clone());
+        registry.register(
+            "pause_keeper_stops",
+            "Pause keepers stopped, by why (resumed, deleted, failed, window, not-leader, ...)",
+            keeper_stops.clone(),
+        );
         registry.register("pd_pauses_held", "PD pauses this replica is keeping alive now", pauses_held.clone());
-        registry.register("orphan_snapshots", "Snapshots tagged by this operator whose Backup is gone and that no backupmeta lists (last scan)", orphan_snapshots.clone());
+        registry.register(
+            "orphan_snapshots",
+            "Snapshots tagged by this operator whose Backup is gone and that no backupmeta lists (last scan)",
+            orphan_snapshots.clone(),
+        );
         registry.register("backup_phase_transitions", "Backups entering each phase", phases.clone());
         registry.register("backups_finished", "Backups finished, by result", results.clone());
-        registry.register("cleanups", "Deleted Backups by what happened to their data (cleaned, retained, nothing, released, failed attempts)", cleanups.clone());
+        registry.register(
+            "cleanups",
+            "Deleted Backups by what happened to their data (cleaned, retained, nothing, released, failed attempts)",
+            cleanups.clone(),
+        );
         registry.register("backup_duration_seconds", "Time from start to Complete", backup_duration.clone());
         registry.register("pause_window_seconds", "Time PD scheduling and GC stayed paused", pause_window.clone());
         registry.register("snapshots_started", "EBS snapshots started", snapshots_started.clone());

@@ -213,18 +213,12 @@ impl S3StorageProvider {
     pub fn bucket_and_prefix(&self) -> Option<(String, String)> {
         let trim = |s: &str| s.trim_matches('/').to_string();
         match (&self.bucket, &self.path) {
-            (Some(bucket), _) if !bucket.is_empty() => {
-                Some((bucket.clone(), self.prefix.as_deref().map(trim).unwrap_or_default()))
-            }
+            (Some(bucket), _) if !bucket.is_empty() => Some((bucket.clone(), self.prefix.as_deref().map(trim).unwrap_or_default())),
             (_, Some(path)) if !path.is_empty() => {
                 let path = trim(path);
                 let (bucket, rest) = path.split_once('/').unwrap_or((&path, ""));
-                let prefix = [rest, self.prefix.as_deref().unwrap_or("")]
-                    .iter()
-                    .map(|p| trim(p))
-                    .filter(|p| !p.is_empty())
-                    .collect::<Vec<_>>()
-                    .join("/");
+                let prefix =
+                    [rest, self.prefix.as_deref().unwrap_or("")].iter().map(|p| trim(p)).filter(|p| !p.is_empty()).collect::<Vec<_>>().join("/");
                 Some((bucket.to_string(), prefix))
             }
             _ => None,
@@ -366,13 +360,7 @@ impl Backup {
 
     /// Namespace of the TidbCluster (defaults to the Backup's own).
     pub fn cluster_namespace(&self) -> String {
-        self.spec
-            .br
-            .cluster_namespace
-            .clone()
-            .filter(|ns| !ns.is_empty())
-            .or_else(|| self.metadata.namespace.clone())
-            .unwrap_or_default()
+        self.spec.br.cluster_namespace.clone().filter(|ns| !ns.is_empty()).or_else(|| self.metadata.namespace.clone()).unwrap_or_default()
     }
 
     pub fn annotations(&self) -> &BTreeMap<String, String> {

@@ -83,17 +83,13 @@ pub fn set_progress(status: &mut BackupStatus, step: &str, value: f64, now: &Tim
         }
         return false;
     }
-    if let Some(last) = status.progresses.last_mut() {
-        if last.progress < 100.0 {
-            last.progress = 100.0;
-            last.last_transition_time = Some(now.clone());
-        }
+    if let Some(last) = status.progresses.last_mut()
+        && last.progress < 100.0
+    {
+        last.progress = 100.0;
+        last.last_transition_time = Some(now.clone());
     }
-    status.progresses.push(Progress {
-        step: step.to_string(),
-        progress: value,
-        last_transition_time: Some(now.clone()),
-    });
+    status.progresses.push(Progress { step: step.to_string(), progress: value, last_transition_time: Some(now.clone()) });
     true
 }
 

@@ -23,11 +23,7 @@ pub fn human_bytes(bytes: u64) -> String {
     let exponent = ((bytes as f64).ln() / 1000f64.ln()).floor() as usize;
     let exponent = exponent.min(UNITS.len() - 1);
     let value = (bytes as f64 / 1000f64.powi(exponent as i32) * 10.0 + 0.5).floor() / 10.0;
-    if value < 10.0 {
-        format!("{value:.1} {}", UNITS[exponent])
-    } else {
-        format!("{value:.0} {}", UNITS[exponent])
-    }
+    if value < 10.0 { format!("{value:.1} {}", UNITS[exponent]) } else { format!("{value:.0} {}", UNITS[exponent]) }
 }
 
 #[cfg(test)]

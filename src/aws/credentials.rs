@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_config::{BehaviorVersion, SdkConfig};
+use aws_config::SdkConfig;
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 
@@ -47,7 +47,7 @@ pub struct AwsSettings {
 
 impl AwsSettings {
     pub async fn from_environment() -> Self {
-        Self { base: aws_config::defaults(BehaviorVersion::latest()).load().await }
+        Self { base: super::config_loader().load().await }
     }
 }
 
@@ -59,15 +59,11 @@ pub struct AwsIdentity {
 }
 
 impl AwsIdentity {
-    pub async fn resolve(
-        settings: &AwsSettings,
-        source: &CredentialSource,
-        region: Option<&str>,
-        session_name: &str,
-    ) -> Result<Self> {
+    pub async fn resolve(settings: &AwsSettings, source: &CredentialSource, region: Option<&str>, session_name: &str) -> Result<Self> {
         let regional_builder = || {
             // The app name marks our calls in CloudTrail (and in the test emulator's request log).
-            let builder = settings.base.to_builder().app_name(aws_config::AppName::new(APP_NAME).expect("valid app name")).timeout_config(call_timeouts());
+            let builder =
+                settings.base.to_builder().app_name(aws_config::AppName::new(APP_NAME).expect("valid app name")).timeout_config(call_timeouts());
             match region.filter(|r| !r.is_empty()) {
                 Some(region) => builder.region(aws_config::Region::new(region.to_string())),
                 None => builder,
@@ -76,10 +72,9 @@ impl AwsIdentity {
         let regional = regional_builder().build();
         let (credentials, expires) = match source {
             CredentialSource::OperatorDefault => return Ok(Self { config: regional, expires: None }),
-            CredentialSource::AccessKey { access_key, secret_key, session_token } => (
-                Credentials::new(access_key, secret_key, session_token.clone(), None, "backup-secret"),
-                None,
-            ),
+            CredentialSource::AccessKey { access_key, secret_key, session_token } => {
+                (Credentials::new(access_key, secret_key, session_token.clone(), None, "backup-secret"), None)
+            }
             CredentialSource::AssumeRole { role_arn } => {
                 let sts = aws_sdk_sts::Client::new(&regional);
                 let reply = sts
@@ -100,9 +95,7 @@ impl AwsIdentity {
                     .web_identity_token(token)
                     .send()
                     .await
-                    .map_err(|e| {
-                        AwsError::Credentials(format!("AssumeRoleWithWebIdentity {role_arn}: {}", sts_message(e)))
-                    })?;
+                    .map_err(|e| AwsError::Credentials(format!("AssumeRoleWithWebIdentity {role_arn}: {}", sts_message(e))))?;
                 to_credentials(reply.credentials(), "web-identity")?
             }
         };
@@ -136,10 +129,7 @@ where
     }
 }
 
-fn to_credentials(
-    credentials: Option<&aws_sdk_sts::types::Credentials>,
-    provider: &'static str,
-) -> Result<(Credentials, Option<SystemTime>)> {
+fn to_credentials(credentials: Option<&aws_sdk_sts::types::Credentials>, provider: &'static str) -> Result<(Credentials, Option<SystemTime>)> {
     let c = credentials.ok_or_else(|| AwsError::Credentials("STS returned no credentials".into()))?;
     let expires = SystemTime::try_from(*c.expiration()).ok();
     Ok((Credentials::new(c.access_key_id(), c.secret_access_key(), Some(c.session_token().to_string()), expires, provider), expires))
@@ -148,8 +138,7 @@ fn to_credentials(
 /// STS `RoleSessionName`: 2-64 characters of `[\w+=,.@-]`.
 pub fn session_name(namespace: &str, name: &str) -> String {
     let raw = format!("tidb-ebs-backup-{namespace}-{name}");
-    let mut cleaned: String =
-        raw.chars().map(|c| if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) { c } else { '-' }).collect();
+    let mut cleaned: String = raw.chars().map(|c| if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) { c } else { '-' }).collect();
     cleaned.truncate(64);
     cleaned
 }
@@ -168,11 +157,7 @@ mod tests {
 
     #[test]
     fn debug_never_prints_secrets() {
-        let source = CredentialSource::AccessKey {
-            access_key: "AKIAEXAMPLE".into(),
-            secret_key: "very-secret".into(),
-            session_token: None,
-        };
+        let source = CredentialSource::AccessKey { access_key: "AKIAEXAMPLE".into(), secret_key: "very-secret".into(), session_token: None };
         let printed = format!("{source:?}");
         assert!(!printed.contains("very-secret") && !printed.contains("AKIAEXAMPLE"), "{printed}");
     }

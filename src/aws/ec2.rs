@@ -2,8 +2,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
-    CopyTagsFromSource, Filter, InstanceSpecification, ResourceType, Snapshot, SnapshotState as Ec2State, Tag,
-    TagSpecification,
+    CopyTagsFromSource, Filter, InstanceSpecification, ResourceType, Snapshot, SnapshotState as Ec2State, Tag, TagSpecification,
 };
 
 use super::{AwsError, CreatedSnapshot, Result, SnapshotInfo, SnapshotState, Snapshots, VolumeInfo};
@@ -51,11 +50,7 @@ fn to_info(snapshot: &Snapshot) -> SnapshotInfo {
         volume_size_gib: snapshot.volume_size().unwrap_or(0) as i64,
         start_time: snapshot.start_time().and_then(|t| SystemTime::try_from(*t).ok()),
         state_message: snapshot.state_message().map(str::to_string),
-        tags: snapshot
-            .tags()
-            .iter()
-            .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
-            .collect(),
+        tags: snapshot.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect(),
     }
 }
 
@@ -84,10 +79,7 @@ impl Snapshots for Ec2Snapshots {
                     volume_id: v.volume_id().unwrap_or_default().to_string(),
                     availability_zone: v.availability_zone().unwrap_or_default().to_string(),
                     size_gib: v.size().unwrap_or(0) as i64,
-                    instance_id: v
-                        .attachments()
-                        .iter()
-                        .find_map(|a| a.instance_id().map(str::to_string)),
+                    instance_id: v.attachments().iter().find_map(|a| a.instance_id().map(str::to_string)),
                 }));
             }
         }
@@ -95,13 +87,7 @@ impl Snapshots for Ec2Snapshots {
     }
 
     async fn instance_volumes(&self, instance_id: &str) -> Result<Vec<String>> {
-        let reply = self
-            .ec2
-            .describe_instances()
-            .instance_ids(instance_id)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("DescribeInstances", e))?;
+        let reply = self.ec2.describe_instances().instance_ids(instance_id).send().await.map_err(|e| AwsError::from_sdk("DescribeInstances", e))?;
         let instance = reply
             .reservations()
             .iter()
@@ -117,12 +103,7 @@ impl Snapshots for Ec2Snapshots {
             .collect())
     }
 
-    async fn create_snapshots(
-        &self,
-        instance_id: &str,
-        exclude_volume_ids: &[String],
-        tags: &[(String, String)],
-    ) -> Result<Vec<CreatedSnapshot>> {
+    async fn create_snapshots(&self, instance_id: &str, exclude_volume_ids: &[String], tags: &[(String, String)]) -> Result<Vec<CreatedSnapshot>> {
         let mut spec = InstanceSpecification::builder().instance_id(instance_id).exclude_boot_volume(true);
         if !exclude_volume_ids.is_empty() {
             spec = spec.set_exclude_data_volume_ids(Some(exclude_volume_ids.to_vec()));

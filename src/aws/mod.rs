@@ -6,6 +6,7 @@ pub mod ec2;
 pub mod rate;
 pub mod retry;
 pub mod s3;
+pub mod sdk;
 
 use crate::reason::{Reason, Reasoned};
 use std::time::SystemTime;
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 pub use credentials::{AwsIdentity, AwsSettings, CredentialSource};
 pub use ec2::Ec2Snapshots;
 pub use s3::S3MetaStore;
+pub use sdk::config_loader;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum AwsError {
@@ -155,12 +157,7 @@ pub trait Snapshots: Send + Sync {
     /// EBS data volume ids attached to the instance (its root volume left out).
     async fn instance_volumes(&self, instance_id: &str) -> Result<Vec<String>>;
     /// One crash-consistent multi-volume snapshot of the instance, skipping its boot volume and `exclude`.
-    async fn create_snapshots(
-        &self,
-        instance_id: &str,
-        exclude_volume_ids: &[String],
-        tags: &[(String, String)],
-    ) -> Result<Vec<CreatedSnapshot>>;
+    async fn create_snapshots(&self, instance_id: &str, exclude_volume_ids: &[String], tags: &[(String, String)]) -> Result<Vec<CreatedSnapshot>>;
     async fn describe_snapshots(&self, snapshot_ids: &[String]) -> Result<Vec<SnapshotInfo>>;
     /// Snapshots owned by this account carrying tag `key=value`.
     async fn find_snapshots_by_tag(&self, key: &str, value: &str) -> Result<Vec<SnapshotInfo>>;

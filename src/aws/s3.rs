@@ -60,10 +60,7 @@ impl MetaStore for S3MetaStore {
     async fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
         match self.client.get_object().bucket(&self.bucket).key(self.key(name)).send().await {
             Ok(reply) => {
-                let bytes = reply.body.collect().await.map_err(|e| AwsError::Transport {
-                    operation: "GetObject",
-                    message: e.to_string(),
-                })?;
+                let bytes = reply.body.collect().await.map_err(|e| AwsError::Transport { operation: "GetObject", message: e.to_string() })?;
                 Ok(Some(bytes.to_vec()))
             }
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
@@ -101,10 +98,6 @@ impl MetaStore for S3MetaStore {
     }
 
     fn location(&self) -> String {
-        if self.prefix.is_empty() {
-            format!("s3://{}", self.bucket)
-        } else {
-            format!("s3://{}/{}", self.bucket, self.prefix)
-        }
+        if self.prefix.is_empty() { format!("s3://{}", self.bucket) } else { format!("s3://{}/{}", self.bucket, self.prefix) }
     }
 }

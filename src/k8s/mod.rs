@@ -21,7 +21,8 @@ mod tests {
     use super::*;
 
     fn api_error(code: u16) -> kube::Error {
-        let status: kube::core::Status = serde_json::from_value(serde_json::json!({"status": "Failure", "code": code, "message": "m", "reason": "r"})).unwrap();
+        let status: kube::core::Status =
+            serde_json::from_value(serde_json::json!({"status": "Failure", "code": code, "message": "m", "reason": "r"})).unwrap();
         kube::Error::Api(status.into())
     }
 

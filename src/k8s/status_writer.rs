@@ -58,12 +58,7 @@ impl StatusWriter {
 
     /// Applies `change` to the Backup's owned fields and writes the difference. Returns the Backup as
     /// stored afterwards (unchanged and unwritten when `change` changed nothing).
-    pub async fn update(
-        &self,
-        api: &Api<Backup>,
-        backup: &Backup,
-        mut change: impl FnMut(&mut OwnedFields),
-    ) -> Result<Backup, StatusWriterError> {
+    pub async fn update(&self, api: &Api<Backup>, backup: &Backup, mut change: impl FnMut(&mut OwnedFields)) -> Result<Backup, StatusWriterError> {
         let name = backup.metadata.name.clone().unwrap_or_default();
         let mut current = backup.clone();
         for _ in 0..MAX_CONFLICT_RETRIES {
@@ -84,12 +79,7 @@ impl StatusWriter {
         Err(StatusWriterError::Conflicts)
     }
 
-    async fn write(
-        &self,
-        api: &Api<Backup>,
-        name: &str,
-        patch: &Value,
-    ) -> Result<Backup, kube::Error> {
+    async fn write(&self, api: &Api<Backup>, name: &str, patch: &Value) -> Result<Backup, kube::Error> {
         let params = PatchParams::default();
         if self.use_status_subresource.load(Ordering::Relaxed) {
             return self.write_via_subresource(api, name, patch, &params).await;
@@ -106,13 +96,7 @@ impl StatusWriter {
         Ok(stored)
     }
 
-    async fn write_via_subresource(
-        &self,
-        api: &Api<Backup>,
-        name: &str,
-        patch: &Value,
-        params: &PatchParams,
-    ) -> Result<Backup, kube::Error> {
+    async fn write_via_subresource(&self, api: &Api<Backup>, name: &str, patch: &Value, params: &PatchParams) -> Result<Backup, kube::Error> {
         let mut main = patch.clone();
         let status = main.as_object_mut().and_then(|m| m.remove("status"));
         let mut stored = None;
@@ -121,11 +105,8 @@ impl StatusWriter {
         }
         match status {
             Some(status) => {
-                let rv = stored.as_ref().map_or(patch["metadata"]["resourceVersion"].clone(), |b: &Backup| {
-                    json!(b.metadata.resource_version)
-                });
-                api.patch_status(name, params, &Patch::Merge(&json!({"metadata": {"resourceVersion": rv}, "status": status})))
-                    .await
+                let rv = stored.as_ref().map_or(patch["metadata"]["resourceVersion"].clone(), |b: &Backup| json!(b.metadata.resource_version));
+                api.patch_status(name, params, &Patch::Merge(&json!({"metadata": {"resourceVersion": rv}, "status": status}))).await
             }
             None => Ok(stored.expect("a patch has status, annotations or finalizers")),
         }
@@ -228,8 +209,7 @@ mod tests {
 
     #[test]
     fn finalizer_changes_send_the_whole_list() {
-        let mut before = OwnedFields::default();
-        before.finalizers = vec!["other/keep".into()];
+        let before = OwnedFields { finalizers: vec!["other/keep".into()], ..Default::default() };
         let mut after = before.clone();
         after.finalizers.push("tidb.pingcap.com/backup-protection".into());
         let patch = merge_patch(&before, &after, Some("3")).unwrap();

@@ -143,11 +143,7 @@ struct Lookup {
 
 impl Lookup {
     fn resolve(&self, pod: &str, volume: &str, pvc_name: &str) -> Result<(PersistentVolumeClaim, PersistentVolume, String), VolumeError> {
-        let pvc = self.pvcs.get(pvc_name).ok_or_else(|| VolumeError::PvcNotFound {
-            pod: pod.into(),
-            volume: volume.into(),
-            pvc: pvc_name.into(),
-        })?;
+        let pvc = self.pvcs.get(pvc_name).ok_or_else(|| VolumeError::PvcNotFound { pod: pod.into(), volume: volume.into(), pvc: pvc_name.into() })?;
         let pv_name = pvc
             .spec
             .as_ref()
@@ -160,12 +156,7 @@ impl Lookup {
     }
 }
 
-pub async fn resolve_volumes(
-    client: &kube::Client,
-    namespace: &str,
-    cluster: &str,
-    facts: &ClusterFacts,
-) -> Result<ResolvedVolumes, VolumeError> {
+pub async fn resolve_volumes(client: &kube::Client, namespace: &str, cluster: &str, facts: &ClusterFacts) -> Result<ResolvedVolumes, VolumeError> {
     let kube_err = |what: &str| {
         let what = what.to_string();
         move |source| VolumeError::Kube { what, source }
@@ -207,8 +198,7 @@ pub async fn resolve_volumes(
             .ok_or_else(|| VolumeError::NoStoreId { pod: pod_name.clone(), label: STORE_ID_LABEL })?;
         let mut store = TikvStoreVolumes { store_id, pod: pod_name.clone(), volumes: vec![] };
         for (volume, mount_path, type_) in &layout {
-            let claim = claim_of(pod, volume)
-                .ok_or_else(|| VolumeError::PodVolumeMissing { pod: pod_name.clone(), volume: volume.clone() })?;
+            let claim = claim_of(pod, volume).ok_or_else(|| VolumeError::PodVolumeMissing { pod: pod_name.clone(), volume: volume.clone() })?;
             let (pvc, mut pv, volume_id) = lookup.resolve(&pod_name, volume, &claim)?;
             pv.metadata.annotations.get_or_insert_with(Default::default).insert(VOLUME_ID_ANNOTATION.into(), volume_id.clone());
             store.volumes.push(StoreVolume {

@@ -65,15 +65,9 @@ impl PdClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| PdError::Unreachable { url: self.endpoint.url.clone(), source })?;
+        let response = request.send().await.map_err(|source| PdError::Unreachable { url: self.endpoint.url.clone(), source })?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|source| PdError::Unreachable { url: self.endpoint.url.clone(), source })?;
+        let text = response.text().await.map_err(|source| PdError::Unreachable { url: self.endpoint.url.clone(), source })?;
         if !status.is_success() {
             return Err(PdError::Status { what, status: status.as_u16(), body: text.trim().to_string() });
         }
@@ -143,10 +137,7 @@ fn decode_err(what: &str, value: &Value) -> PdError {
 fn string_list(what: &str, value: Value) -> Result<Vec<String>> {
     match value {
         Value::Null => Ok(vec![]),
-        Value::Array(items) => items
-            .into_iter()
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| decode_err(what, &v)))
-            .collect(),
+        Value::Array(items) => items.into_iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| decode_err(what, &v))).collect(),
         other => Err(decode_err(what, &other)),
     }
 }
@@ -230,10 +221,7 @@ impl Pd for PdClient {
             .map_err(|source| PdError::Grpc { what: what.into(), source })?
             .into_inner();
         header_error(what, reply.header.as_ref())?;
-        Ok(SafepointUpdate {
-            min_service_id: String::from_utf8_lossy(&reply.service_id).into_owned(),
-            min_safe_point: reply.min_safe_point,
-        })
+        Ok(SafepointUpdate { min_service_id: String::from_utf8_lossy(&reply.service_id).into_owned(), min_safe_point: reply.min_safe_point })
     }
 
     async fn gc_safepoints(&self) -> Result<GcSafepoints> {

@@ -1,24 +1,30 @@
 //! Two operator processes against one apiserver: only the Lease holder acts; killing it hands over,
 //! and the standby finishes the in-flight backup from its record without snapshotting twice.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::e2e::{Scene, assert_pd_unchanged, pd_state, settled_pd_state, spawn_operator_binary};
+use crate::support::{Stack, eventually, exclusive};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::json;
-use support::e2e::{Scene, assert_pd_unchanged, pd_exclusive, pd_state, settled_pd_state, spawn_operator_binary};
-use support::{Stack, eventually};
 use tidb_ebs_backup::api::ConditionType;
 use tokio::process::Child;
 
 fn spawn_operator(stack: &Stack, namespace: &str, identity: &str) -> Child {
     let args = ["--namespace", namespace, "--lease-namespace", namespace, "--identity", identity, "--pd-url-template", &stack.pd_url];
     let timing = [
-        "--lease-duration-seconds", "6", "--poll-interval-seconds", "1", "--pause-ttl-seconds", "30", "--metrics-addr", "127.0.0.1:0",
-        "--create-snapshots-timeout-seconds", "12",
+        "--lease-duration-seconds",
+        "6",
+        "--poll-interval-seconds",
+        "1",
+        "--pause-ttl-seconds",
+        "30",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--create-snapshots-timeout-seconds",
+        "12",
     ];
     spawn_operator_binary(stack, &stack.kubeconfig, &format!("{namespace}-{identity}"), &[&args[..], &timing[..]].concat())
 }
@@ -40,7 +46,7 @@ async fn reporters(scene: &Scene, name: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn only_the_lease_holder_acts_and_a_standby_takes_over() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("leader", 2, 2).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let before = settled_pd_state(scene.stack).await;
@@ -64,10 +70,8 @@ async fn only_the_lease_holder_acts_and_a_standby_takes_over() {
     let (dead, survivor) = if leader == "op-a" { (&mut a, "op-b") } else { (&mut b, "op-a") };
     dead.start_kill().unwrap();
     dead.wait().await.unwrap();
-    let new_leader = eventually("the standby to take the Lease", Duration::from_secs(30), || async {
-        holder(&leases).await.filter(|h| h == survivor)
-    })
-    .await;
+    let new_leader =
+        eventually("the standby to take the Lease", Duration::from_secs(30), || async { holder(&leases).await.filter(|h| h == survivor) }).await;
     let done = scene.wait_phase("second", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(90)).await;
     assert_eq!(done.phase(), Some(&ConditionType::Complete), "{:#?}", done.status);
     assert!(reporters(&scene, "second").await.contains(&new_leader), "the new leader finished the backup");
@@ -88,7 +92,7 @@ async fn only_the_lease_holder_acts_and_a_standby_takes_over() {
 /// is deleted: the leader stops acting until a replica holds a Lease again.
 #[tokio::test]
 async fn a_lease_stolen_mid_create_snapshots_yields_one_snapshot_set_and_no_second_actor() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("steal", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -99,12 +103,14 @@ async fn a_lease_stolen_mid_create_snapshots_yields_one_snapshot_set_and_no_seco
     eventually("op-a to lead", Duration::from_secs(60), || async { holder(&leases).await.filter(|h| h == "op-a") }).await;
     let mut b = spawn_operator(scene.stack, &scene.namespace, "op-b");
     emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 8000, "times": 2})).await;
-    emulator.clear_requests().await;
     scene.apply(&scene.backup_yaml("stolen", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
     scene.wait_for_calls_in_flight("stolen").await;
     let steal = json!({"spec": {"holderIdentity": "op-b"}});
-    let output = scene.stack.kubectl(["patch", "lease", "tidb-ebs-backup", "-n", &scene.namespace, "--type", "merge", "-p", &steal.to_string()]).await;
-    assert!(output.status.success(), "{}", support::describe_output(&output));
+    let output = scene
+        .stack
+        .kubectl(["patch", "lease", "tidb-ebs-backup", "-n", &scene.namespace, "--type", "merge", "-p", &steal.to_string()])
+        .await;
+    assert!(output.status.success(), "{}", crate::support::describe_output(&output));
     // The old leader notices at its next renewal (a third of the 6 s Lease) and exits.
     let exit = tokio::time::timeout(Duration::from_secs(10), a.wait()).await.expect("the old leader exits").unwrap();
     assert!(!exit.success(), "{exit}");
@@ -113,7 +119,8 @@ async fn a_lease_stolen_mid_create_snapshots_yields_one_snapshot_set_and_no_seco
     let ours = scene.successful_create_snapshots().await;
     assert_eq!(ours.len(), scene.cluster.tikv.len(), "one successful CreateSnapshots per instance across both leaders: {ours:#?}");
     let uid = done.metadata.uid.clone().unwrap();
-    let tagged: std::collections::BTreeSet<String> = scene.snapshots_tagged(&uid).await.iter().filter_map(|s| s.snapshot_id().map(String::from)).collect();
+    let tagged: std::collections::BTreeSet<String> =
+        scene.snapshots_tagged(&uid).await.iter().filter_map(|s| s.snapshot_id().map(String::from)).collect();
     let meta: serde_json::Value = serde_json::from_slice(&scene.object("stolen/backupmeta").await.expect("backupmeta")).unwrap();
     let listed: std::collections::BTreeSet<String> = tidb_ebs_backup::backup::meta::snapshot_ids_in_meta(&meta).into_iter().collect();
     assert_eq!(listed, tagged, "backupmeta lists exactly the backup's snapshots");

@@ -5,14 +5,12 @@
 //! volume, and none that neither its `backupmeta` nor a live Backup owns; earlier Backups' data
 //! untouched. The matrix (point -> outcome) is printed.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::support::e2e::{Scene, assert_pd_unchanged, pd_state, settled_pd_state, spawn_operator_binary_with_env};
+use crate::support::{eventually, exclusive};
 use serde_json::{Value, json};
-use support::e2e::{Scene, assert_pd_unchanged, pd_exclusive, pd_state, settled_pd_state, spawn_operator_binary_with_env};
-use support::eventually;
 use tidb_ebs_backup::api::ConditionType;
 
 /// Every `crash_point!` in `src/`, in the order a backup passes them.
@@ -64,7 +62,7 @@ async fn killed_at_every_crash_point_the_operator_leaves_pd_resumed_and_one_cons
     assert!(in_source.remove("failure.after-delete"), "the failure path has its crash point");
     assert_eq!(in_source, expected, "every crash point in src/ is in the matrix");
 
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("crash", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -81,13 +79,10 @@ async fn killed_at_every_crash_point_the_operator_leaves_pd_resumed_and_one_cons
             emulator.set_volume_snapshot_behaviour(broken, 0.5, "error").await;
         }
         let started = Instant::now();
-        let args = [
-            "--namespace", &scene.namespace, "--lease-namespace", &scene.namespace, "--leader-election", "false",
-            "--pd-url-template", &scene.stack.pd_url, "--pause-ttl-seconds", "12", "--poll-interval-seconds", "1", "--metrics-addr", "127.0.0.1:0",
-            "--create-snapshots-timeout-seconds", "5",
-        ];
+        let args = operator_args(&scene);
         let failpoint = format!("{point}=return");
-        let mut doomed = spawn_operator_binary_with_env(scene.stack, &scene.stack.kubeconfig, &format!("{name}-a"), &args, &[("FAILPOINTS", &failpoint)]);
+        let mut doomed =
+            spawn_operator_binary_with_env(scene.stack, &scene.stack.kubeconfig, &format!("{name}-a"), &args, &[("FAILPOINTS", &failpoint)]);
         scene.apply(&scene.backup_yaml(&name, json!({"cleanPolicy": "Delete", "s3": {"secretName": "keys"}}), json!({}))).await;
         let exit = tokio::time::timeout(Duration::from_secs(60), doomed.wait())
             .await
@@ -123,7 +118,8 @@ async fn killed_at_every_crash_point_the_operator_leaves_pd_resumed_and_one_cons
                 assert_eq!(listed, tagged, "{point}: every snapshot of the backup is in its backupmeta, and only those");
                 assert_eq!(tagged.len(), volumes.len(), "{point}: one snapshot per volume");
                 let record: Value = serde_json::from_str(backup.annotations().get("tidb-ebs-backup/record").unwrap()).unwrap();
-                let recorded: BTreeSet<String> = record["snapshots"].as_object().unwrap().values().filter_map(|v| v.as_str().map(String::from)).collect();
+                let recorded: BTreeSet<String> =
+                    record["snapshots"].as_object().unwrap().values().filter_map(|v| v.as_str().map(String::from)).collect();
                 assert_eq!(recorded, tagged, "{point}: the record and backupmeta agree");
                 kept.insert(uid.clone(), tagged.len());
                 "Complete".to_string()
@@ -138,7 +134,11 @@ async fn killed_at_every_crash_point_the_operator_leaves_pd_resumed_and_one_cons
         for (other, count) in &kept {
             assert_eq!(scene.snapshots_tagged(other).await.len(), *count, "{point}: an earlier backup's snapshots are untouched");
         }
-        matrix.push(format!("{point:<26} -> {outcome:<22} ended {:>5.1}s after apply, PD clean {:>4.1}s after", ended.as_secs_f64(), resumed_after.as_secs_f64()));
+        matrix.push(format!(
+            "{point:<26} -> {outcome:<22} ended {:>5.1}s after apply, PD clean {:>4.1}s after",
+            ended.as_secs_f64(),
+            resumed_after.as_secs_f64()
+        ));
         successor.start_kill().unwrap();
         let _ = successor.wait().await;
         if failing {
@@ -158,7 +158,7 @@ async fn killed_at_every_crash_point_the_operator_leaves_pd_resumed_and_one_cons
 #[ignore = "soak: run by scripts/soak-crash"]
 async fn soak_kill_at_random_moments_of_a_30_store_backup() {
     let runs: usize = std::env::var("SOAK_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("soak", 30, 2).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -177,11 +177,7 @@ async fn soak_kill_at_random_moments_of_a_30_store_backup() {
         seed ^= seed << 17;
         let kill_after = Duration::from_millis(seed % 6000);
         let name = format!("soak-{run:03}");
-        let args = [
-            "--namespace", &scene.namespace, "--lease-namespace", &scene.namespace, "--leader-election", "false",
-            "--pd-url-template", &scene.stack.pd_url, "--pause-ttl-seconds", "12", "--poll-interval-seconds", "1", "--metrics-addr", "127.0.0.1:0",
-            "--create-snapshots-timeout-seconds", "5",
-        ];
+        let args = operator_args(&scene);
         let mut first = spawn_operator_binary_with_env(scene.stack, &scene.stack.kubeconfig, &format!("{name}-a"), &args, &[]);
         scene.apply(&scene.backup_yaml(&name, json!({"s3": {"secretName": "keys"}}), json!({}))).await;
         tokio::time::sleep(kill_after).await;
@@ -223,8 +219,33 @@ async fn soak_kill_at_random_moments_of_a_30_store_backup() {
         let _ = second.wait().await;
     }
     emulator.clear_faults().await;
-    println!("soak: {runs} runs, outcomes {outcomes:?}, stuck pauses {stuck}, orphans {orphans}, duplicate sets {duplicates}, foreign deletions {foreign}");
+    println!(
+        "soak: {runs} runs, outcomes {outcomes:?}, stuck pauses {stuck}, orphans {orphans}, duplicate sets {duplicates}, foreign deletions {foreign}"
+    );
     assert_eq!((stuck, orphans, duplicates, foreign), (0, 0, 0, 0));
+}
+
+/// The operator's flags here: this scene's namespace only, no leader election, a 12 s pause TTL.
+fn operator_args(scene: &Scene) -> [&str; 16] {
+    let (namespace, pd) = (scene.namespace.as_str(), scene.stack.pd_url.as_str());
+    [
+        "--namespace",
+        namespace,
+        "--lease-namespace",
+        namespace,
+        "--leader-election",
+        "false",
+        "--pd-url-template",
+        pd,
+        "--pause-ttl-seconds",
+        "12",
+        "--poll-interval-seconds",
+        "1",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--create-snapshots-timeout-seconds",
+        "5",
+    ]
 }
 
 /// Snapshot counts per backup uid, in one listing.

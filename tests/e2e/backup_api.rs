@@ -1,17 +1,15 @@
 //! The Backup API ("The Backup API" issue): the CRD generated from `src/api` accepts the shipped samples,
 //! prints TiDB Operator's columns, rejects invalid Backups with a specific message each, and keeps fields
-//! it does not know when the operator writes status. Needs HARNESS_ENV (see tests/support).
-
-mod support;
+//! it does not know when the operator writes status. Needs HARNESS_ENV (see `support`).
 
 use std::path::PathBuf;
 
+use crate::support::{Stack, describe_output};
 use futures::{StreamExt, stream};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
-use support::{Stack, describe_output};
 use tidb_ebs_backup::api::condition::{NewCondition, set_condition};
 use tidb_ebs_backup::api::{Backup, ConditionStatus, ConditionType};
 use tidb_ebs_backup::k8s::StatusWriter;
@@ -132,17 +130,36 @@ async fn kubectl_get_prints_tidb_operator_columns() {
     let wide = stack.kubectl(["get", "bk", "-n", &ns, "-o", "wide"]).await;
     assert!(wide.status.success(), "{}", describe_output(&wide));
     let expected_wide = [
-        "NAME", "TYPE", "MODE", "STATUS", "BACKUPPATH", "BACKUPSIZE", "INCREMENTALBACKUPSIZE", "COMMITTS",
-        "LOGTRUNCATEUNTIL", "STARTED", "COMPLETED", "TIMETAKEN", "AGE",
+        "NAME",
+        "TYPE",
+        "MODE",
+        "STATUS",
+        "BACKUPPATH",
+        "BACKUPSIZE",
+        "INCREMENTALBACKUPSIZE",
+        "COMMITTS",
+        "LOGTRUNCATEUNTIL",
+        "STARTED",
+        "COMPLETED",
+        "TIMETAKEN",
+        "AGE",
     ];
     assert_eq!(header(&wide), expected_wide, "{}", describe_output(&wide));
-    let row: Vec<String> =
-        String::from_utf8_lossy(&wide.stdout).lines().nth(1).unwrap().split_whitespace().map(str::to_string).collect();
+    let row: Vec<String> = String::from_utf8_lossy(&wide.stdout).lines().nth(1).unwrap().split_whitespace().map(str::to_string).collect();
     assert_eq!(row.len(), expected_wide.len(), "{row:?}");
     assert_eq!(
         &row[..9],
-        ["columns", "full", "volume-snapshot", "Complete", "s3://my-bucket/backups/one/", "20GiB", "2GiB",
-         "455000000000000000", "455000000000000001"]
+        [
+            "columns",
+            "full",
+            "volume-snapshot",
+            "Complete",
+            "s3://my-bucket/backups/one/",
+            "20GiB",
+            "2GiB",
+            "455000000000000000",
+            "455000000000000001"
+        ]
     );
     assert_eq!(row[11], "5m0s");
 
@@ -210,21 +227,9 @@ fn invalid_cases() -> Vec<Invalid> {
             "spec.br.concurrency in body should be greater than or equal to 1",
         ),
         invalid("unknown backupMode", vec![("/spec/backupMode", s("ebs"))], r#"spec.backupMode: Unsupported value: "ebs""#),
-        invalid(
-            "bad cleanPolicy",
-            vec![("/spec/cleanPolicy", s("Sometimes"))],
-            r#"spec.cleanPolicy: Unsupported value: "Sometimes""#,
-        ),
-        invalid(
-            "bad calcSizeLevel",
-            vec![("/spec/calcSizeLevel", s("everything"))],
-            r#"spec.calcSizeLevel: Unsupported value: "everything""#,
-        ),
-        invalid(
-            "volume-snapshot without s3",
-            vec![("/spec/s3", None)],
-            "a volume-snapshot backup needs spec.s3: the backupmeta is written to S3",
-        ),
+        invalid("bad cleanPolicy", vec![("/spec/cleanPolicy", s("Sometimes"))], r#"spec.cleanPolicy: Unsupported value: "Sometimes""#),
+        invalid("bad calcSizeLevel", vec![("/spec/calcSizeLevel", s("everything"))], r#"spec.calcSizeLevel: Unsupported value: "everything""#),
+        invalid("volume-snapshot without s3", vec![("/spec/s3", None)], "a volume-snapshot backup needs spec.s3: the backupmeta is written to S3"),
         invalid(
             "backupType db with volume-snapshot",
             vec![("/spec/backupType", s("db"))],
@@ -251,31 +256,15 @@ fn invalid_cases() -> Vec<Invalid> {
             vec![("/spec/s3/bucket", s("My_Bucket"))],
             "spec.s3.bucket is not a valid S3 bucket name (3-63 characters: lowercase letters, digits, dots, hyphens)",
         ),
-        invalid(
-            "'..' segment in prefix",
-            vec![("/spec/s3/prefix", s("backups/../other-tenant"))],
-            "spec.s3.prefix must not contain '..' segments",
-        ),
-        invalid(
-            "prefix that is only '..'",
-            vec![("/spec/s3/prefix", s(".."))],
-            "spec.s3.prefix must not contain '..' segments",
-        ),
+        invalid("'..' segment in prefix", vec![("/spec/s3/prefix", s("backups/../other-tenant"))], "spec.s3.prefix must not contain '..' segments"),
+        invalid("prefix that is only '..'", vec![("/spec/s3/prefix", s(".."))], "spec.s3.prefix must not contain '..' segments"),
         invalid(
             "'..' in the legacy path",
             vec![("/spec/s3/bucket", None), ("/spec/s3/path", s("my-bucket/../other"))],
             "spec.s3.path must not contain '..' segments",
         ),
-        invalid(
-            "empty secretName",
-            vec![("/spec/s3/secretName", s(""))],
-            "spec.s3.secretName in body should be at least 1 chars long",
-        ),
-        invalid(
-            "empty serviceAccount",
-            vec![("/spec/serviceAccount", s(""))],
-            "spec.serviceAccount in body should be at least 1 chars long",
-        ),
+        invalid("empty secretName", vec![("/spec/s3/secretName", s(""))], "spec.s3.secretName in body should be at least 1 chars long"),
+        invalid("empty serviceAccount", vec![("/spec/serviceAccount", s(""))], "spec.serviceAccount in body should be at least 1 chars long"),
         invalid(
             "negative volumeBackupInitJobMaxActiveSeconds",
             vec![("/spec/volumeBackupInitJobMaxActiveSeconds", Some(json!(-5)))],
@@ -312,11 +301,7 @@ async fn invalid_backups_are_rejected_with_a_specific_message() {
     // The base object is valid, so each rejection below is due to its one change.
     let out = apply_stdin(stack, &valid_backup(&ns, "valid")).await;
     assert!(out.status.success(), "the valid base object: {}", describe_output(&out));
-    let legacy_path = mutate(
-        mutate(valid_backup(&ns, "valid-path"), "/spec/s3/bucket", None),
-        "/spec/s3/path",
-        Some(json!("my-bucket/backups/two")),
-    );
+    let legacy_path = mutate(mutate(valid_backup(&ns, "valid-path"), "/spec/s3/bucket", None), "/spec/s3/path", Some(json!("my-bucket/backups/two")));
     let out = apply_stdin(stack, &legacy_path).await;
     assert!(out.status.success(), "legacy s3.path: {}", describe_output(&out));
 
@@ -387,11 +372,7 @@ async fn status_writer_keeps_fields_it_does_not_know() {
     let writer = StatusWriter::new();
     let stored = writer
         .update(&api, &backup, |owned| {
-            set_condition(
-                &mut owned.status,
-                NewCondition::truthy(ConditionType::Running).because("Snapshotting", "creating EBS snapshots"),
-                &now(),
-            );
+            set_condition(&mut owned.status, NewCondition::truthy(ConditionType::Running).because("Snapshotting", "creating EBS snapshots"), &now());
             owned.annotations.insert("tidb-ebs-backup.pingcap.com/test".into(), "written".into());
         })
         .await

@@ -2,27 +2,29 @@
 //! leader-election Role, an operator running as a ServiceAccount bound to the chart's rules minus that one
 //! rule breaks where the rule's comment says it is used; with all the rules the same Backups work
 //! (controls). `backups/status` is idle here — asserted, not assumed: it serves only a Backup CRD with a
-//! status subresource, which the stack's (TiDB Operator's) CRD does not have; `status_subresource_e2e.rs`
+//! status subresource, which the stack's (TiDB Operator's) CRD does not have; `status_subresource.rs`
 //! shows it needed where the CRD has one.
-
-mod support;
 
 use std::time::Duration;
 
+use crate::support::e2e::{Operator, Scene, settings, spawn_operator_binary};
+use crate::support::rbac::{LEASE, case_selector, chart_rules, identity, labelled, rule_key, without};
+use crate::support::{eventually, exclusive, free_port, http, shared};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
-use support::e2e::{Operator, Scene, pd_exclusive, settings, spawn_operator_binary};
-use support::rbac::{LEASE, case_selector, chart_rules, identity, labelled, rule_key, without};
-use support::{eventually, free_port, http};
 use tidb_ebs_backup::api::{Backup, ConditionType};
 use tidb_ebs_backup::backup::Settings;
 
 async fn events_about(scene: &Scene, name: &str) -> Vec<String> {
     let events: Api<Event> = Api::namespaced(scene.client.clone(), &scene.namespace);
     let list = events.list(&ListParams::default()).await.unwrap();
-    list.items.into_iter().filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)).filter_map(|e| e.note).collect()
+    list.items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| e.note)
+        .collect()
 }
 
 fn failed_message(backup: &Backup) -> String {
@@ -46,7 +48,7 @@ enum Expect {
 #[tokio::test]
 async fn each_chart_rule_is_needed_by_the_operator() {
     // The controls run real backups, and a rule removal that broke nothing would too.
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("rbac-rules", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let accounts: Api<ServiceAccount> = Api::namespaced(scene.client.clone(), &scene.namespace);
@@ -117,8 +119,10 @@ async fn each_chart_rule_is_needed_by_the_operator() {
                     // The Delete policy's clean-up needs the same rules.
                     let api = scene.api();
                     api.delete(case, &Default::default()).await.unwrap();
-                    eventually(&format!("{case} deleted"), Duration::from_secs(60), || async { matches!(api.get_opt(case).await, Ok(None)).then_some(()) })
-                        .await;
+                    eventually(&format!("{case} deleted"), Duration::from_secs(60), || async {
+                        matches!(api.get_opt(case).await, Ok(None)).then_some(())
+                    })
+                    .await;
                 }
             }
         }
@@ -130,6 +134,8 @@ async fn each_chart_rule_is_needed_by_the_operator() {
 /// the operator cannot lead; it exits naming the refusal and never acts.
 #[tokio::test]
 async fn each_leader_election_rule_is_needed() {
+    // Its scene registers stores in PD (see `support`).
+    let _stack = shared().await;
     let scene = Scene::new("rbac-lease", 1, 1).await;
     let (cluster_rules, lease_rules) = chart_rules(scene.stack).await;
     let keys: Vec<String> = lease_rules.iter().map(rule_key).collect();

@@ -1,16 +1,14 @@
 //! A TidbCluster with `spec.tlsCluster.enabled`: the operator reaches PD over TLS with the
 //! `<cluster>-cluster-client-secret` certificates, and says clearly when that Secret is missing.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::e2e::{Operator, Scene, settings};
+use crate::support::{Stack, free_port, shared};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::{Stack, free_port};
-use support::e2e::{Operator, Scene, settings};
 use tidb_ebs_backup::api::ConditionType;
 use tidb_ebs_backup::api::tidbcluster::tidbcluster_resource;
 
@@ -50,14 +48,13 @@ async fn client_secret(scene: &Scene, certs: &Path) {
 
 #[tokio::test]
 async fn a_tls_cluster_is_backed_up_through_its_client_certificate() {
+    // Its own PD, but its CreateSnapshots calls would take faults other tests inject for theirs.
+    let _stack = shared().await;
     let dir = tempdir("tls-pd");
     let stack = stack_with_tls_pd(&dir).await;
     let scene = Scene::new_on(stack, "tls", 2, 1).await;
     let clusters: Api<DynamicObject> = Api::namespaced_with(scene.client.clone(), &scene.namespace, &tidbcluster_resource());
-    clusters
-        .patch("basic", &PatchParams::default(), &Patch::Merge(json!({"spec": {"tlsCluster": {"enabled": true}}})))
-        .await
-        .unwrap();
+    clusters.patch("basic", &PatchParams::default(), &Patch::Merge(json!({"spec": {"tlsCluster": {"enabled": true}}}))).await.unwrap();
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let operator = Operator::start(stack, &scene.namespace, settings(stack)).await;
 

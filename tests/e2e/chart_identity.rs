@@ -2,16 +2,14 @@
 //! completes a backup; `/readyz` stays false until it leads and its watch has synced, and `/metrics`
 //! shows the backup it ran.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::e2e::{Scene, spawn_operator_binary};
+use crate::support::{describe_output, eventually, exclusive, free_port, http};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::e2e::{Scene, pd_exclusive, spawn_operator_binary};
-use support::{describe_output, eventually, free_port, http};
 use tidb_ebs_backup::api::ConditionType;
 
 async fn status_of(url: &str) -> Option<u16> {
@@ -20,7 +18,7 @@ async fn status_of(url: &str) -> Option<u16> {
 
 #[tokio::test]
 async fn the_chart_identity_is_enough_to_run_a_backup() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("chart-sa", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let stack = scene.stack;

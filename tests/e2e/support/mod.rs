@@ -1,9 +1,22 @@
 //! Shared helpers for the integration tests that run against the local stack (`tests/harness/up`).
 //!
-//! Every test file does `mod support;` and starts with `let stack = Stack::get();`. The stack is shared
-//! by all tests of a run, and tests run in parallel: everything a test makes lives in its own namespace
-//! (`stack.unique_namespace(..)`), and cluster-scoped objects carry that namespace in their names.
-#![allow(dead_code, unused_imports)]
+//! A test starts with `let stack = Stack::get();` (or a `Scene`). The stack is shared by every test of
+//! the run, and the tests of all suites run in parallel in one process: everything a test makes lives in
+//! its own namespace (`stack.unique_namespace(..)`), cluster-scoped objects carry that namespace in their
+//! names, and emulator settings go per volume or snapshot.
+//!
+//! What cannot be made private is guarded by one lock for the whole process:
+//! - `exclusive()` for a test that changes what others see: it pauses PD or sets a GC safepoint (any
+//!   backup that gets that far), injects or clears emulator faults on actions other tests use, changes
+//!   emulator-wide settings, or asserts that PD is exactly as it was;
+//! - `shared()` for a test that must not overlap an exclusive one but may overlap other shared ones: it
+//!   registers TiKV stores in the stack's PD (any fixture or `Scene`: PD's schedule config gains a store
+//!   limit per store, which a backup's before/after comparison sees), makes CreateSnapshots calls (an
+//!   exclusive test's faults would take them), or relies on a fault rule of its own surviving
+//!   `clear_faults`;
+//! - neither for a test that keeps to its own namespace and objects.
+//!
+//! The emulator's request log is never cleared during a run: filter it by time or by your own volumes.
 
 pub mod e2e;
 pub mod emulator;
@@ -22,9 +35,23 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use emulator::Emulator;
-pub use fixture::{FixtureVolume, PdMember, TidbClusterFixture, TikvMember};
+pub use fixture::TidbClusterFixture;
+
+/// See the module comment: exclusive tests run alone, shared ones alongside each other.
+static STACK_LOCK: RwLock<()> = RwLock::const_new(());
+
+/// Holds the stack for this test alone until dropped.
+pub async fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    STACK_LOCK.write().await
+}
+
+/// Keeps exclusive tests away until dropped.
+pub async fn shared() -> RwLockReadGuard<'static, ()> {
+    STACK_LOCK.read().await
+}
 
 /// The message for a test run without a stack.
 pub const NO_STACK: &str = "HARNESS_ENV is not set: start the stack with tests/harness/up or run the README test command \
@@ -58,11 +85,8 @@ pub struct Stack {
 impl Stack {
     /// The stack named by `HARNESS_ENV`, read once per test binary.
     pub fn get() -> &'static Stack {
-        // Both ring and aws-lc-rs are linked; rustls needs to be told which one to use.
-        tidb_ebs_backup::install_crypto_provider();
         static STACK: OnceLock<Stack> = OnceLock::new();
         STACK.get_or_init(|| {
-            tidb_ebs_backup::install_crypto_provider();
             let path = std::env::var_os("HARNESS_ENV").filter(|p| !p.is_empty()).unwrap_or_else(|| panic!("{NO_STACK}"));
             let text = std::fs::read_to_string(&path)
                 .unwrap_or_else(|e| panic!("reading HARNESS_ENV file {}: {e}; {NO_STACK}", PathBuf::from(&path).display()));
@@ -124,8 +148,7 @@ impl Stack {
     /// A fresh admin client (a client's connection pool belongs to the runtime that made it, and every
     /// `#[tokio::test]` has its own runtime, so clients are not shared between tests).
     pub async fn kube_client(&self) -> kube::Client {
-        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)
-            .unwrap_or_else(|e| panic!("reading kubeconfig {}: {e}", self.kubeconfig.display()));
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).unwrap_or_else(|e| panic!("reading kubeconfig {}: {e}", self.kubeconfig.display()));
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", self.kubeconfig.display()));
@@ -151,7 +174,8 @@ impl Stack {
     pub async fn service_account_token(&self, namespace: &str, name: &str) -> String {
         use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
         let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(self.kube_client().await, namespace);
-        let request = TokenRequest { spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), ..Default::default() }, ..Default::default() };
+        let request =
+            TokenRequest { spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), ..Default::default() }, ..Default::default() };
         let status = accounts.create_token_request(name, &PostParams::default(), &request).await.expect("TokenRequest").status;
         status.expect("TokenRequest status").token
     }
@@ -232,7 +256,7 @@ impl Stack {
             None,
             "tidb-ebs-backup-harness",
         );
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
+        tidb_ebs_backup::aws::config_loader()
             .endpoint_url(&self.aws_endpoint_url)
             .credentials_provider(credentials)
             .region(aws_config::Region::new(self.aws_region.clone()))
@@ -264,9 +288,7 @@ impl Stack {
     /// Creates `bucket` in the harness region (outside us-east-1 S3 needs the location constraint).
     pub async fn create_bucket(&self, bucket: &str) {
         use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
-        let config = CreateBucketConfiguration::builder()
-            .location_constraint(BucketLocationConstraint::from(self.aws_region.as_str()))
-            .build();
+        let config = CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(self.aws_region.as_str())).build();
         self.s3_client()
             .await
             .create_bucket()
@@ -275,10 +297,6 @@ impl Stack {
             .send()
             .await
             .unwrap_or_else(|e| panic!("CreateBucket {bucket}: {e:?}"));
-    }
-
-    pub async fn sts_client(&self) -> aws_sdk_sts::Client {
-        aws_sdk_sts::Client::new(&self.aws_config().await)
     }
 
     /// The emulator's control API (`AWS_EMULATOR_CONTROL`).
@@ -305,8 +323,7 @@ impl Stack {
 
     /// The crate's PD client for the harness PD.
     pub fn pd_client(&self) -> tidb_ebs_backup::pd::PdClient {
-        tidb_ebs_backup::pd::PdClient::new(tidb_ebs_backup::pd::PdEndpoint { url: self.pd_url.clone(), tls: None })
-            .expect("PD client")
+        tidb_ebs_backup::pd::PdClient::new(tidb_ebs_backup::pd::PdEndpoint { url: self.pd_url.clone(), tls: None }).expect("PD client")
     }
 
     /// Registers `stores` fake TiKV stores for `<namespace>/<name>` (idempotent per cluster and index).
@@ -328,11 +345,7 @@ pub struct FakeStore {
 }
 
 pub async fn create_unique_namespace(client: &kube::Client, prefix: &str) -> String {
-    let mut clean: String = prefix
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
+    let mut clean: String = prefix.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     clean.truncate(40);
     let clean = clean.trim_matches('-').to_string();
     let clean = if clean.is_empty() { "t".to_string() } else { clean };
@@ -375,11 +388,10 @@ async fn run(mut cmd: tokio::process::Command, stdin: Option<&str>) -> Output {
         pipe.write_all(input.as_bytes()).await.unwrap_or_else(|e| panic!("writing stdin of {described}: {e}"));
         drop(pipe);
     }
-    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("{described} did not finish within 120 s"))
-        .unwrap_or_else(|e| panic!("waiting for {described}: {e}"));
-    output
+        .unwrap_or_else(|e| panic!("waiting for {described}: {e}"))
 }
 
 /// stdout and stderr of a finished command, for assertion messages.
@@ -441,6 +453,11 @@ pub fn jwt_claims(token: &str) -> serde_json::Value {
     serde_json::from_slice(&payload).unwrap_or_else(|e| panic!("JWT payload is not JSON: {e}"))
 }
 
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,9 +475,4 @@ mod tests {
         let err = Stack::parse("KUBECONFIG=/x\n").unwrap_err();
         assert!(err.contains("KUBE_APISERVER"), "{err}");
     }
-}
-
-/// A loopback port free right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -48,7 +48,13 @@ pub fn without(rules: &[PolicyRule], key: &str) -> Vec<PolicyRule> {
 }
 
 /// A ServiceAccount in `operator_ns` bound to exactly these rules; returns its kubeconfig path and client.
-pub async fn identity(scene: &Scene, operator_ns: &str, name: &str, cluster_rules: Vec<PolicyRule>, lease_rules: Vec<PolicyRule>) -> (PathBuf, kube::Client) {
+pub async fn identity(
+    scene: &Scene,
+    operator_ns: &str,
+    name: &str,
+    cluster_rules: Vec<PolicyRule>,
+    lease_rules: Vec<PolicyRule>,
+) -> (PathBuf, kube::Client) {
     let admin = scene.client.clone();
     let pp = PostParams::default();
     let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
@@ -92,7 +98,6 @@ pub async fn identity(scene: &Scene, operator_ns: &str, name: &str, cluster_rule
     .await;
     (path, client)
 }
-
 
 /// Tests that run several reduced identities give each its own Backups through this label.
 const CASE_LABEL: &str = "rbac-case";

@@ -17,16 +17,8 @@ use tidb_ebs_backup::backup::context::RealConnectors;
 use tidb_ebs_backup::backup::meta::TAG_BACKUP_UID;
 use tidb_ebs_backup::backup::{self, Settings};
 use tidb_ebs_backup::metrics::Metrics;
-use tokio::sync::{Mutex, MutexGuard};
 
 use super::{Stack, TidbClusterFixture, describe_output, eventually};
-
-/// PD's schedulers and safepoints are cluster-wide: backups that pause it run one at a time so each
-/// test can assert PD is exactly as it was.
-pub async fn pd_exclusive() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::const_new(());
-    LOCK.lock().await
-}
 
 pub struct Operator {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -101,7 +93,13 @@ pub fn spawn_operator_binary(stack: &Stack, kubeconfig: &Path, log_name: &str, a
 }
 
 /// As `spawn_operator_binary`, with extra environment variables (e.g. `FAILPOINTS`).
-pub fn spawn_operator_binary_with_env(stack: &Stack, kubeconfig: &Path, log_name: &str, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Child {
+pub fn spawn_operator_binary_with_env(
+    stack: &Stack,
+    kubeconfig: &Path,
+    log_name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
     let log = std::fs::File::create(stack.workdir.join(format!("{log_name}.log"))).expect("operator log file");
     // Cargo names the binary to integration tests only; benchmarks (examples) name it in OPERATOR_BIN.
     let binary = std::env::var("OPERATOR_BIN")
@@ -203,7 +201,8 @@ impl Scene {
     /// Waits until Backup `name` is gone (its finalizer, if any, released).
     pub async fn wait_gone(&self, name: &str) {
         let api = self.api();
-        eventually(&format!("{name} to be gone"), Duration::from_secs(60), || async { matches!(api.get_opt(name).await, Ok(None)).then_some(()) }).await;
+        eventually(&format!("{name} to be gone"), Duration::from_secs(60), || async { matches!(api.get_opt(name).await, Ok(None)).then_some(()) })
+            .await;
     }
 
     /// Waits until `name`'s record shows CreateSnapshots calls sent (or about to be).
@@ -332,12 +331,8 @@ pub async fn check_backupmeta(scene: &Scene, meta: &Value, uid: &str) {
     let pvcs = meta["kubernetes"]["pvcs"].as_array().unwrap();
     assert!(!pvs.is_empty() && pvs.len() == pvcs.len(), "{} PVs, {} PVCs", pvs.len(), pvcs.len());
     let pvc_names: BTreeSet<&str> = pvcs.iter().filter_map(|p| p["metadata"]["name"].as_str()).collect();
-    let snapshots: BTreeMap<String, aws_sdk_ec2::types::Snapshot> = scene
-        .snapshots_tagged(uid)
-        .await
-        .into_iter()
-        .map(|s| (s.snapshot_id().unwrap().to_string(), s))
-        .collect();
+    let snapshots: BTreeMap<String, aws_sdk_ec2::types::Snapshot> =
+        scene.snapshots_tagged(uid).await.into_iter().map(|s| (s.snapshot_id().unwrap().to_string(), s)).collect();
     let by_store = cluster.by_store_id();
     let mut seen_volumes = BTreeSet::new();
     for store in stores {
@@ -399,4 +394,3 @@ pub fn assert_pd_unchanged(after: &PdState, before: &PdState) {
         panic!("schedule config changed: {changed:?}");
     }
 }
-

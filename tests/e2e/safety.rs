@@ -1,15 +1,13 @@
 //! Do no harm: every way out of a backup ends with PD resumed and the data complete or removed, never
 //! another Backup's data touched. Each test holds PD exclusively and starts from no injected faults.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::e2e::{Operator, Scene, assert_pd_unchanged, pd_state, settings, settled_pd_state};
+use crate::support::{Stack, eventually, exclusive};
 use serde_json::json;
-use support::e2e::{Operator, Scene, assert_pd_unchanged, pd_exclusive, pd_state, settings, settled_pd_state};
-use support::{Stack, eventually};
 use tidb_ebs_backup::api::ConditionType;
 
 /// PD as sampled every 100 ms: how many schedulers were paused and which of our safepoints were alive.
@@ -61,7 +59,7 @@ async fn time_until_pd_resumed(stack: &'static Stack) -> Duration {
 /// PD paused for as long as the process lived).
 #[tokio::test]
 async fn deleting_a_paused_backup_resumes_pd_within_seconds_under_every_clean_policy() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("safe-delete", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -76,7 +74,7 @@ async fn deleting_a_paused_backup_resumes_pd_within_seconds_under_every_clean_po
         scene.wait_for_calls_in_flight(&name).await;
         assert!(!pd_state(scene.stack).await.paused.is_empty(), "{policy}: PD is paused while the calls are in flight");
         let output = scene.stack.kubectl(["delete", "bk", &name, "-n", &scene.namespace, "--wait=false"]).await;
-        assert!(output.status.success(), "{}", support::describe_output(&output));
+        assert!(output.status.success(), "{}", crate::support::describe_output(&output));
         let took = time_until_pd_resumed(scene.stack).await;
         assert!(took < Duration::from_secs(5), "{policy}: PD resumed {took:?} after the delete (TTL 60 s)");
         scene.wait_gone(&name).await;
@@ -93,7 +91,7 @@ async fn deleting_a_paused_backup_resumes_pd_within_seconds_under_every_clean_po
 /// neither strands the pause nor the finalizer, and the data lands where the backup said it would.
 #[tokio::test]
 async fn editing_the_mode_or_prefix_mid_pause_strands_nothing() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("safe-edit", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -105,7 +103,7 @@ async fn editing_the_mode_or_prefix_mid_pause_strands_nothing() {
     scene.wait_for_calls_in_flight("edited").await;
     let edit = json!({"spec": {"backupMode": "snapshot", "s3": {"prefix": "elsewhere"}}});
     let output = scene.stack.kubectl(["patch", "bk", "edited", "-n", &scene.namespace, "--type", "merge", "-p", &edit.to_string()]).await;
-    assert!(output.status.success(), "{}", support::describe_output(&output));
+    assert!(output.status.success(), "{}", crate::support::describe_output(&output));
     let backup = scene.wait_phase("edited", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(90)).await;
     assert_eq!(backup.phase(), Some(&ConditionType::Complete), "{:#?}", backup.status);
     assert!(scene.object("edited/backupmeta").await.is_some(), "backupmeta where the backup started");
@@ -127,7 +125,7 @@ async fn editing_the_mode_or_prefix_mid_pause_strands_nothing() {
 /// one deleted everything the prefix's `backupmeta` listed).
 #[tokio::test]
 async fn backups_sharing_a_prefix_never_delete_each_others_data() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("safe-prefix", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -169,7 +167,7 @@ async fn backups_sharing_a_prefix_never_delete_each_others_data() {
 /// time (PD's view, sampled every 100 ms: never two of our safepoints at once), and both complete.
 #[tokio::test]
 async fn two_backups_of_one_cluster_applied_together_pause_pd_one_at_a_time() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("safe-pair", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -206,7 +204,7 @@ async fn two_backups_of_one_cluster_applied_together_pause_pd_one_at_a_time() {
 /// the STS failure deleted the good set).
 #[tokio::test]
 async fn transient_failures_after_the_pause_never_delete_a_good_backup() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("safe-transient", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -215,7 +213,9 @@ async fn transient_failures_after_the_pause_never_delete_a_good_backup() {
         emulator.set_volume_snapshot_behaviour(&volume, 12.0, "completed").await;
     }
     let first = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
-    scene.apply(&scene.backup_yaml("role", json!({}), json!({"iam.amazonaws.com/role": "arn:aws:iam::123456789012:role/tidb-backup"}))).await;
+    scene
+        .apply(&scene.backup_yaml("role", json!({}), json!({"iam.amazonaws.com/role": "arn:aws:iam::123456789012:role/tidb-backup"})))
+        .await;
     scene.wait_phase("role", &[ConditionType::VolumeBackupSnapshotsCreated], Duration::from_secs(60)).await;
     first.crash();
     emulator
@@ -253,7 +253,7 @@ async fn transient_failures_after_the_pause_never_delete_a_good_backup() {
 /// its snapshots without being reported (its `backupmeta` lists them).
 #[tokio::test]
 async fn orphan_snapshots_are_reported_and_retained_backups_are_not() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("safe-orphan", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -274,10 +274,14 @@ async fn orphan_snapshots_are_reported_and_retained_backups_are_not() {
         Some(scene.snapshots_tagged(&dropped_uid).await).filter(|s| s.len() == 2)
     })
     .await;
-    let connectors = tidb_ebs_backup::backup::context::RealConnectors::new(tidb_ebs_backup::aws::AwsSettings { base: scene.stack.aws_config().await });
+    let connectors =
+        tidb_ebs_backup::backup::context::RealConnectors::new(tidb_ebs_backup::aws::AwsSettings { base: scene.stack.aws_config().await });
     let (empty, _) = kube::runtime::reflector::store::<tidb_ebs_backup::api::Backup>();
     let orphans = tidb_ebs_backup::backup::orphans::scan(&scene.client, &connectors, &empty).await.unwrap();
-    let ours = orphans.iter().find(|o| o.uid == dropped_uid).unwrap_or_else(|| panic!("the dropped backup's snapshots are reported: {orphans:?}"));
+    let ours = orphans
+        .iter()
+        .find(|o| o.uid == dropped_uid)
+        .unwrap_or_else(|| panic!("the dropped backup's snapshots are reported: {orphans:?}"));
     let mut expected: Vec<String> = left.iter().filter_map(|s| s.snapshot_id().map(String::from)).collect();
     expected.sort();
     assert_eq!(ours.snapshots, expected);
@@ -301,7 +305,7 @@ async fn orphan_snapshots_are_reported_and_retained_backups_are_not() {
 /// the TTL and the pause lapsed while calls were in flight).
 #[tokio::test]
 async fn an_operator_restarted_mid_calls_keeps_pd_paused_without_a_gap_and_snapshots_once() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("safe-restart", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -309,7 +313,6 @@ async fn an_operator_restarted_mid_calls_keeps_pd_paused_without_a_gap_and_snaps
     let before = settled_pd_state(scene.stack).await;
     let config = || tidb_ebs_backup::backup::Settings { pause_ttl: Duration::from_secs(12), ..settings(scene.stack) };
     emulator.add_fault(json!({"action": "CreateSnapshots", "delay_ms": 8000, "times": 2})).await;
-    emulator.clear_requests().await;
     let sampler = PdSampler::start(scene.stack);
     let first = Operator::start(scene.stack, &scene.namespace, config()).await;
     scene.apply(&scene.backup_yaml("restarted", json!({"s3": {"secretName": "keys"}}), json!({}))).await;

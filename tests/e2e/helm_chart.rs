@@ -3,19 +3,17 @@
 //! calls the operator makes, leader election included (checked with `kubectl auth can-i` impersonating the
 //! chart's ServiceAccount).
 //! No kubelet runs, so the operator pod never starts; only the objects are checked. Needs HARNESS_ENV
-//! (see tests/support).
-
-mod support;
+//! (see `support`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::support::{Stack, describe_output, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
-use support::{Stack, describe_output, eventually};
 
 const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/tidb-ebs-backup-test";
 
@@ -150,9 +148,8 @@ async fn install_creates_the_operator_objects_keeps_the_crd_and_uninstall_remove
     assert_eq!(security.allow_privilege_escalation, Some(false));
     assert_eq!(security.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_string()]));
     assert_eq!(security.seccomp_profile.as_ref().map(|s| s.type_.as_str()), Some("RuntimeDefault"));
-    let probe_path = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
-        probe.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone())
-    };
+    let probe_path =
+        |probe: &Option<k8s_openapi::api::core::v1::Probe>| probe.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone());
     assert_eq!(probe_path(&container.liveness_probe).as_deref(), Some("/healthz"));
     assert_eq!(probe_path(&container.readiness_probe).as_deref(), Some("/readyz"));
     let env: std::collections::BTreeMap<String, String> = container

@@ -1,21 +1,19 @@
 //! End-to-end volume-snapshot backups on the local stack: the operator runs in-process against the real
 //! kube-apiserver, PD (or its emulator) and the AWS emulator.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::e2e::{Operator, PdState, Scene, assert_completed, pd_state, settings, settled_pd_state};
+use crate::support::{Emulator, eventually, exclusive};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::e2e::{Operator, PdState, Scene, assert_completed, pd_exclusive, pd_state, settings, settled_pd_state};
-use support::eventually;
 use tidb_ebs_backup::api::{Backup, ConditionType};
 
 #[tokio::test]
 async fn access_key_backup_completes_and_pauses_pd_only_while_snapshotting() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-key", 3, 2).await;
     scene.access_key_secret("s3-secret", json!({"access_key": "AKIDEXAMPLE", "secret_key": "secret"})).await;
     let emulator = scene.stack.emulator();
@@ -39,7 +37,8 @@ async fn access_key_backup_completes_and_pauses_pd_only_while_snapshotting() {
     let table = String::from_utf8_lossy(&wide.stdout).to_string();
     let row = table.lines().find(|l| l.starts_with("full1")).unwrap_or_else(|| panic!("{table}"));
     let status = backup.status.unwrap();
-    for expected in ["Complete", status.backup_path.as_deref().unwrap(), status.commit_ts.as_deref().unwrap(), status.time_taken.as_deref().unwrap()] {
+    for expected in ["Complete", status.backup_path.as_deref().unwrap(), status.commit_ts.as_deref().unwrap(), status.time_taken.as_deref().unwrap()]
+    {
         assert!(row.contains(expected), "`{expected}` in {row}");
     }
     assert!(row.split_whitespace().count() >= 13, "all wide columns filled: {row}");
@@ -51,7 +50,7 @@ async fn access_key_backup_completes_and_pauses_pd_only_while_snapshotting() {
 
 #[tokio::test]
 async fn iam_role_and_irsa_backups_use_their_own_identity() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-iam", 3, 2).await;
     let accounts: Api<ServiceAccount> = Api::namespaced(scene.client.clone(), &scene.namespace);
     let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "tidb-backup-manager",
@@ -62,7 +61,9 @@ async fn iam_role_and_irsa_backups_use_their_own_identity() {
     let before = settled_pd_state(scene.stack).await;
     let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
 
-    scene.apply(&scene.backup_yaml("role1", json!({}), json!({"iam.amazonaws.com/role": "arn:aws:iam::123456789012:role/tidb-backup"}))).await;
+    scene
+        .apply(&scene.backup_yaml("role1", json!({}), json!({"iam.amazonaws.com/role": "arn:aws:iam::123456789012:role/tidb-backup"})))
+        .await;
     assert_completed(&scene, "role1", &before).await;
     scene.apply(&scene.backup_yaml("irsa1", json!({"serviceAccount": "tidb-backup-manager"}), json!({}))).await;
     assert_completed(&scene, "irsa1", &before).await;
@@ -80,13 +81,13 @@ async fn expect_failure(scene: &Scene, name: &str, reason: &str, before: &PdStat
     assert_eq!(failed.and_then(|c| c.reason.as_deref()), Some(reason), "conditions: {:#?}", status.conditions);
     let uid = backup.metadata.uid.clone().unwrap();
     assert!(scene.snapshots_tagged(&uid).await.is_empty(), "no stray snapshots after {reason}");
-    support::e2e::assert_pd_unchanged(&pd_state(scene.stack).await, before);
+    crate::support::e2e::assert_pd_unchanged(&pd_state(scene.stack).await, before);
     backup
 }
 
 #[tokio::test]
 async fn failures_leave_nothing_paused_and_no_stray_snapshots() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-fail", 2, 1).await;
     let emulator = scene.stack.emulator();
     let before = settled_pd_state(scene.stack).await;
@@ -99,7 +100,9 @@ async fn failures_leave_nothing_paused_and_no_stray_snapshots() {
     assert!(failed.status.unwrap().conditions.iter().any(|c| c.message.as_deref().is_some_and(|m| m.contains("missing"))));
     scene.apply(&scene.backup_yaml("no-keys", json!({"s3": {"secretName": "no-keys"}}), json!({}))).await;
     expect_failure(&scene, "no-keys", "SecretKeyMissing", &before).await;
-    scene.apply(&scene.backup_yaml("no-bucket", json!({"s3": {"secretName": "good", "bucket": "does-not-exist-bucket"}}), json!({}))).await;
+    scene
+        .apply(&scene.backup_yaml("no-bucket", json!({"s3": {"secretName": "good", "bucket": "does-not-exist-bucket"}}), json!({})))
+        .await;
     expect_failure(&scene, "no-bucket", "BucketNotAccessible", &before).await;
 
     let s3 = scene.stack.s3_client().await;
@@ -119,7 +122,7 @@ async fn failures_leave_nothing_paused_and_no_stray_snapshots() {
 
 #[tokio::test]
 async fn throttled_create_snapshots_are_retried_until_they_pass() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-throttle", 2, 2).await;
     scene.access_key_secret("good", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -141,7 +144,9 @@ async fn throttled_create_snapshots_are_retried_until_they_pass() {
         .await
         .into_iter()
         .filter(|r| r["path"].as_str().is_some() && r["time"].as_f64() >= Some(started))
-        .filter(|r| r["error_code"].as_str().is_some() || r["volume_ids"].as_array().is_some_and(|v| v.iter().any(|id| ours.iter().any(|o| id == o.as_str()))))
+        .filter(|r| {
+            r["error_code"].as_str().is_some() || r["volume_ids"].as_array().is_some_and(|v| v.iter().any(|id| ours.iter().any(|o| id == o.as_str())))
+        })
         .collect();
     let throttled = calls.iter().filter(|r| r["error_code"].as_str().is_some()).count();
     let succeeded = calls.iter().filter(|r| r["status"] == 200).count();
@@ -155,7 +160,7 @@ async fn throttled_create_snapshots_are_retried_until_they_pass() {
 
 #[tokio::test]
 async fn a_restarted_operator_continues_without_snapshotting_twice() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-restart", 3, 1).await;
     scene.access_key_secret("keys", serde_json::json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -184,7 +189,7 @@ async fn a_restarted_operator_continues_without_snapshotting_twice() {
 #[tokio::test]
 async fn a_backup_tidb_operator_claimed_is_explained_and_unlabelled_ones_are_left_alone() {
     // The second operator here runs the unlabelled Backup for real, which pauses PD.
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-coexist", 1, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     // What TiDB Operator v1.5+ writes on its first sync of a single-cluster volume-snapshot Backup.
@@ -192,7 +197,7 @@ async fn a_backup_tidb_operator_claimed_is_explained_and_unlabelled_ones_are_lef
     let invalid = json!({"status": {"phase": "Invalid", "conditions": [{"type": "Invalid", "status": "True", "reason": "InvalidSpec",
         "message": "only support volume snapshot backup across k8s clusters"}]}});
     let output = scene.stack.kubectl(["patch", "bk", "claimed", "-n", &scene.namespace, "--type", "merge", "-p", &invalid.to_string()]).await;
-    assert!(output.status.success(), "{}", support::describe_output(&output));
+    assert!(output.status.success(), "{}", crate::support::describe_output(&output));
     let mut unlabelled = scene.backup_yaml("unlabelled", json!({"s3": {"secretName": "keys"}}), json!({}));
     unlabelled["metadata"]["labels"] = json!({"team": "x"});
     scene.apply(&unlabelled).await;
@@ -285,7 +290,7 @@ async fn backup_losing_pd_mid_calls(scene: &Scene, name: &str, delay_ms: u64) ->
 /// the pause by its TTL.
 #[tokio::test]
 async fn pd_lost_after_the_calls_returned_still_completes_and_the_pause_expires() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-pdlost", 2, 1).await;
     let (backup, _) = backup_losing_pd_mid_calls(&scene, "pd-lost", 3000).await;
     assert_eq!(backup.phase(), Some(&ConditionType::Complete), "{:#?}", backup.status);
@@ -299,7 +304,7 @@ async fn pd_lost_after_the_calls_returned_still_completes_and_the_pause_expires(
 /// ran, so the set is not consistent: `Failed`/`PauseLapsed` and no snapshot left.
 #[tokio::test]
 async fn a_pause_that_lapses_while_calls_are_in_flight_fails_the_backup_and_removes_its_snapshots() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-lapse", 2, 1).await;
     let (backup, _) = backup_losing_pd_mid_calls(&scene, "lapsed", 9000).await;
     let failed = backup.status.clone().unwrap().conditions.into_iter().find(|c| c.type_ == ConditionType::Failed).expect("Failed");
@@ -322,7 +327,7 @@ async fn events_of(scene: &Scene, name: &str) -> Vec<(String, String)> {
 #[tokio::test]
 async fn sizes_count_written_blocks_and_blocks_changed_since_the_previous_backup() {
     const BLOCK: i64 = 524_288;
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-size", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -343,21 +348,21 @@ async fn sizes_count_written_blocks_and_blocks_changed_since_the_previous_backup
     // data in the new snapshot (a SecondBlockToken) add to the incremental size: 30, not 33.
     emulator.set_volume_blocks(&a, json!({"write": (0..10).collect::<Vec<_>>(), "write_range": [100, 120]})).await;
     emulator.set_volume_blocks(&b, json!({"trim": [0, 1, 2]})).await;
-    emulator.clear_requests().await;
+    let size2_started = Emulator::now();
     scene.apply(&scene.backup_yaml("size2", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
     let second = assert_completed(&scene, "size2", &before).await.status.unwrap();
     assert_eq!((second.backup_size, second.incremental_backup_size), (Some(157 * BLOCK), Some(30 * BLOCK)), "{second:#?}");
     assert_eq!(second.incremental_backup_size_readable.as_deref(), Some("16 MB"));
-    let changed = emulator.requests(Some("ListChangedBlocks")).await;
+    let changed = emulator.requests_since("ListChangedBlocks", size2_started).await;
     let compared: BTreeSet<&str> = changed.iter().filter(|r| r["status"] == 200).filter_map(|r| r["path"].as_str()).collect();
     assert_eq!(compared.len(), 2, "one comparison per volume against its previous snapshot: {changed:#?}");
 
     // calcSizeLevel full: no incremental figure, and no EBS direct API calls for it.
-    emulator.clear_requests().await;
+    let size3_started = Emulator::now();
     scene.apply(&scene.backup_yaml("size3", json!({"calcSizeLevel": "full", "s3": {"secretName": "keys"}}), json!({}))).await;
     let third = scene.wait_phase("size3", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(60)).await.status.unwrap();
     assert_eq!((third.backup_size, third.incremental_backup_size), (Some(157 * BLOCK), None), "{third:#?}");
-    assert!(emulator.requests(Some("ListChangedBlocks")).await.is_empty());
+    assert!(emulator.requests_since("ListChangedBlocks", size3_started).await.is_empty());
 
     // The incremental figure cannot be had: the backup still completes, with its full size.
     let fault = emulator.add_fault(json!({"action": "ListChangedBlocks", "status": 500, "code": "InternalServerException", "times": -1})).await;
@@ -374,7 +379,7 @@ async fn sizes_count_written_blocks_and_blocks_changed_since_the_previous_backup
 
 #[tokio::test]
 async fn backups_of_one_cluster_run_one_at_a_time_and_the_next_starts_when_one_ends() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("e2e-queue", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();

@@ -1,8 +1,8 @@
 //! The AWS emulator's JSON control API (`AWS_EMULATOR_CONTROL`, see tests/harness/aws-emulator).
 //!
 //! Settings here are global to the emulator, and tests run in parallel: prefer the per-volume and
-//! per-snapshot settings, give fault rules a narrow match (one action nobody else uses, `times`), and
-//! remove them by id rather than with `clear_faults`.
+//! per-snapshot settings; a test that sets anything emulator-wide or adds fault rules on actions others
+//! use holds `support::exclusive()` (see `support`). The request log is never emptied: filter it.
 
 use serde_json::{Value, json};
 
@@ -41,21 +41,6 @@ impl Emulator {
         self.call(reqwest::Method::DELETE, path, None).await
     }
 
-    pub async fn health(&self) -> Value {
-        self.get("health").await
-    }
-
-    /// Resets all of moto and every extension (faults, log, limits, snapshot settings). Not for tests
-    /// that run in parallel with others.
-    pub async fn reset(&self) {
-        self.post("reset", &json!({})).await;
-    }
-
-    /// `{"snapshot_pending_seconds": .., "volumes": {..}}`
-    pub async fn config(&self) -> Value {
-        self.get("config").await
-    }
-
     /// How long new snapshots stay `pending` (global default; per-volume settings win).
     pub async fn set_snapshot_pending_seconds(&self, seconds: f64) -> Value {
         self.post("config", &json!({"snapshot_pending_seconds": seconds})).await
@@ -69,11 +54,6 @@ impl Emulator {
     /// Sets how long snapshots of `volume_id` stay pending and how they end.
     pub async fn set_volume_snapshot_behaviour(&self, volume_id: &str, pending_seconds: f64, end_state: &str) -> Value {
         self.configure_volume(volume_id, json!({"pending_seconds": pending_seconds, "end_state": end_state})).await
-    }
-
-    /// The volume's current block map summary: `{"volume_id","volume_size_gib","block_count"}`.
-    pub async fn volume_blocks(&self, volume_id: &str) -> Value {
-        self.get(&format!("volumes/{volume_id}/blocks")).await
     }
 
     /// Changes the volume's written blocks. Body keys: `count` (blocks 0..count written), `blocks`
@@ -91,20 +71,6 @@ impl Emulator {
 
     pub async fn complete_snapshot(&self, snapshot_id: &str) -> Value {
         self.set_snapshot(snapshot_id, json!({"state": "completed"})).await
-    }
-
-    pub async fn fail_snapshot(&self, snapshot_id: &str) -> Value {
-        self.set_snapshot(snapshot_id, json!({"state": "error"})).await
-    }
-
-    /// AWS limits: `enabled`, `snapshot_interval_seconds`, `max_pending_per_volume`,
-    /// `max_pending_per_region`, `buckets: {Action: {burst, refill_per_second} | null}`.
-    pub async fn limits(&self) -> Value {
-        self.get("limits").await
-    }
-
-    pub async fn set_limits(&self, body: Value) -> Value {
-        self.post("limits", &body).await
     }
 
     /// Adds a fault rule; returns it with its `id`. Keys: service, action (string or list), method,
@@ -146,14 +112,18 @@ impl Emulator {
     /// Logged requests filtered by `action`, `service`, `error_code` and/or `since` (epoch seconds).
     pub async fn requests_where(&self, query: &[(&str, String)]) -> Vec<Value> {
         let url = format!("{}/requests", self.base);
-        let response =
-            self.http.get(&url).query(query).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let response = self.http.get(&url).query(query).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
         let value = json_or_panic("GET", &url, response).await;
         value["requests"].as_array().cloned().unwrap_or_default()
     }
 
-    /// Empties the request log (also of other tests).
-    pub async fn clear_requests(&self) {
-        self.delete("requests").await;
+    /// Logged requests with this action from `since` (an `Emulator::now()` taken before) on.
+    pub async fn requests_since(&self, action: &str, since: f64) -> Vec<Value> {
+        self.requests_where(&[("action", action.to_string()), ("since", since.to_string())]).await
+    }
+
+    /// Now in the request log's time (epoch seconds; the emulator runs on this machine).
+    pub fn now() -> f64 {
+        jiff::Timestamp::now().as_millisecond() as f64 / 1000.0
     }
 }

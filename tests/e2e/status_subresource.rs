@@ -3,15 +3,13 @@
 //! through `/status` from then on. A CRD is cluster-wide, so this runs on a second, independent cluster: a
 //! kube-apiserver of its own on the stack's etcd under another key prefix, sharing PD and the AWS emulator.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::e2e::{Operator, Scene, settings};
+use crate::support::rbac::{case_selector, chart_rules, identity, labelled, without};
+use crate::support::{Stack, describe_output, eventually, exclusive};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::e2e::{Operator, Scene, pd_exclusive, settings};
-use support::rbac::{case_selector, chart_rules, identity, labelled, without};
-use support::{Stack, describe_output, eventually};
 use tidb_ebs_backup::api::{BACKUP_PROTECTION_FINALIZER, Backup, ConditionType};
 
 /// A second cluster; its kube-apiserver stops when this is dropped.
@@ -61,14 +59,16 @@ fn crd_with_status_subresource() -> String {
 
 #[tokio::test]
 async fn a_crd_with_a_status_subresource_gets_status_through_it() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let cluster = SecondCluster::start("status-subresource").await;
     let stack = cluster.stack;
     let out = stack.kubectl(["apply", "-f", "tests/harness/fixtures/tidbcluster-crd.yaml"]).await;
     assert!(out.status.success(), "{}", describe_output(&out));
     let out = stack.kubectl_with_stdin(["apply", "-f", "-"], Some(&crd_with_status_subresource())).await;
     assert!(out.status.success(), "{}", describe_output(&out));
-    let out = stack.kubectl(["wait", "--for", "condition=established", "--timeout=60s", "crd/backups.pingcap.com", "crd/tidbclusters.pingcap.com"]).await;
+    let out = stack
+        .kubectl(["wait", "--for", "condition=established", "--timeout=60s", "crd/backups.pingcap.com", "crd/tidbclusters.pingcap.com"])
+        .await;
     assert!(out.status.success(), "{}", describe_output(&out));
 
     let scene = Scene::new_on(stack, "status-sub", 2, 1).await;
@@ -79,7 +79,8 @@ async fn a_crd_with_a_status_subresource_gets_status_through_it() {
     let (_, client) = identity(&scene, &operator_ns, "chart", rules.clone(), lease_rules).await;
     let chart_settings = tidb_ebs_backup::backup::Settings { claim_namespace: operator_ns.clone(), ..settings(stack) };
     let operator = Operator::start_as(stack, client, &scene.namespace, chart_settings, Some(&case_selector("chart"))).await;
-    let backup = |name: &str, case: &str| labelled(scene.backup_yaml(name, json!({"cleanPolicy": "Delete", "s3": {"secretName": "keys"}}), json!({})), case);
+    let backup =
+        |name: &str, case: &str| labelled(scene.backup_yaml(name, json!({"cleanPolicy": "Delete", "s3": {"secretName": "keys"}}), json!({})), case);
     scene.apply(&backup("sub1", "chart")).await;
     let done = scene.wait_phase("sub1", &[ConditionType::Complete, ConditionType::Failed], Duration::from_secs(90)).await;
     assert_eq!(done.phase(), Some(&ConditionType::Complete), "{:#?}", done.status);
@@ -96,7 +97,8 @@ async fn a_crd_with_a_status_subresource_gets_status_through_it() {
     // Clean-up (status conditions plus the finalizer) works the same way.
     let uid = done.metadata.uid.clone().unwrap();
     api.delete("sub1", &DeleteParams::default()).await.unwrap();
-    eventually("sub1 to be cleaned and gone", Duration::from_secs(60), || async { matches!(api.get_opt("sub1").await, Ok(None)).then_some(()) }).await;
+    eventually("sub1 to be cleaned and gone", Duration::from_secs(60), || async { matches!(api.get_opt("sub1").await, Ok(None)).then_some(()) })
+        .await;
     assert!(scene.snapshots_tagged(&uid).await.is_empty(), "its snapshots deleted");
     assert!(scene.object("sub1/backupmeta").await.is_none(), "its backupmeta deleted");
     operator.stop().await;

@@ -2,24 +2,20 @@
 //! without `backupmeta`, DeleteSnapshot throttling and rate, a namespace whose Secret is gone, deleting the
 //! whole namespace (the stack's namespace controller cascades), and a clean-up released by the user.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::e2e::{Operator, Scene, pd_state, settings, settled_pd_state};
+use crate::support::{describe_output, eventually, exclusive};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
-use support::e2e::{Operator, Scene, pd_exclusive, pd_state, settings, settled_pd_state};
-use support::{describe_output, eventually};
 use tidb_ebs_backup::api::{BACKUP_PROTECTION_FINALIZER, Backup, ConditionType};
 
 async fn delete_and_wait_gone(scene: &Scene, name: &str) {
     let api: Api<Backup> = scene.api();
     api.delete(name, &DeleteParams::default()).await.expect("delete Backup");
-    eventually(&format!("Backup {name} to be gone"), Duration::from_secs(90), || async {
-        matches!(api.get_opt(name).await, Ok(None)).then_some(())
-    })
-    .await;
+    eventually(&format!("Backup {name} to be gone"), Duration::from_secs(90), || async { matches!(api.get_opt(name).await, Ok(None)).then_some(()) })
+        .await;
 }
 
 /// (snapshots left, backupmeta left) after deleting `name`.
@@ -46,7 +42,7 @@ async fn run_to_end(scene: &Scene, name: &str, policy: &str, fail: bool) -> Back
 
 #[tokio::test]
 async fn clean_policy_decides_what_deleting_a_backup_leaves() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("clean-policy", 2, 2).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let before = settled_pd_state(scene.stack).await;
@@ -72,13 +68,13 @@ async fn clean_policy_decides_what_deleting_a_backup_leaves() {
         delete_and_wait_gone(&scene, &name).await;
         assert_eq!(leftovers(&scene, &name, &uid).await, (snapshots_left, meta_left), "{name}: (snapshots, backupmeta) left");
     }
-    support::e2e::assert_pd_unchanged(&pd_state(scene.stack).await, &before);
+    crate::support::e2e::assert_pd_unchanged(&pd_state(scene.stack).await, &before);
     operator.stop().await;
 }
 
 #[tokio::test]
 async fn deleting_a_running_backup_leaves_nothing_and_resumes_pd() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("clean-running", 2, 2).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -93,7 +89,7 @@ async fn deleting_a_running_backup_leaves_nothing_and_resumes_pd() {
     assert_eq!(scene.snapshots_tagged(&uid).await.len(), scene.cluster.tikv_volume_ids().len(), "snapshots pending");
     delete_and_wait_gone(&scene, "running").await;
     assert_eq!(leftovers(&scene, "running", &uid).await, (0, false));
-    support::e2e::assert_pd_unchanged(&pd_state(scene.stack).await, &before);
+    crate::support::e2e::assert_pd_unchanged(&pd_state(scene.stack).await, &before);
     for volume in scene.cluster.tikv_volume_ids() {
         emulator.set_volume_snapshot_behaviour(&volume, 0.0, "completed").await;
     }
@@ -102,7 +98,7 @@ async fn deleting_a_running_backup_leaves_nothing_and_resumes_pd() {
 
 #[tokio::test]
 async fn snapshots_are_found_by_tag_when_backupmeta_and_record_are_lost() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("clean-lost", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
@@ -120,21 +116,23 @@ async fn snapshots_are_found_by_tag_when_backupmeta_and_record_are_lost() {
 
 #[tokio::test]
 async fn delete_snapshot_throttling_is_retried_within_the_delete_rate() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("clean-rate", 3, 2).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
     scene
-        .apply(&scene.backup_yaml("rate", json!({"cleanPolicy": "Delete", "cleanOption": {"snapshotsDeleteRatio": 2.0}, "s3": {"secretName": "keys"}}), json!({})))
+        .apply(&scene.backup_yaml(
+            "rate",
+            json!({"cleanPolicy": "Delete", "cleanOption": {"snapshotsDeleteRatio": 2.0}, "s3": {"secretName": "keys"}}),
+            json!({}),
+        ))
         .await;
     let backup = scene.wait_phase("rate", &[ConditionType::Complete], Duration::from_secs(120)).await;
     let uid = backup.metadata.uid.clone().unwrap();
     let snapshots: Vec<String> = scene.snapshots_tagged(&uid).await.iter().filter_map(|s| s.snapshot_id().map(String::from)).collect();
     let emulator = scene.stack.emulator();
     emulator.clear_faults().await;
-    let fault = emulator
-        .add_fault(json!({"action": "DeleteSnapshot", "status": 503, "code": "RequestLimitExceeded", "times": 3}))
-        .await;
+    let fault = emulator.add_fault(json!({"action": "DeleteSnapshot", "status": 503, "code": "RequestLimitExceeded", "times": 3})).await;
     delete_and_wait_gone(&scene, "rate").await;
     if let Some(id) = fault["id"].as_u64() {
         emulator.remove_fault(id).await;
@@ -158,7 +156,7 @@ async fn delete_snapshot_throttling_is_retried_within_the_delete_rate() {
 
 #[tokio::test]
 async fn a_backup_whose_secret_is_gone_is_cleaned_with_the_operators_identity() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("clean-nosecret", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
@@ -171,10 +169,9 @@ async fn a_backup_whose_secret_is_gone_is_cleaned_with_the_operators_identity() 
     operator.stop().await;
 }
 
-
 #[tokio::test]
 async fn deleting_the_namespace_cleans_its_delete_policy_backup_and_finishes() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("clean-ns", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
@@ -203,7 +200,7 @@ async fn deleting_the_namespace_cleans_its_delete_policy_backup_and_finishes() {
 
 #[tokio::test]
 async fn a_clean_up_that_cannot_succeed_waits_for_the_user_and_releases_on_the_annotation() {
-    let _pd = pd_exclusive().await;
+    let _stack = exclusive().await;
     let scene = Scene::new("clean-stuck", 2, 1).await;
     scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
     let emulator = scene.stack.emulator();
@@ -241,9 +238,15 @@ async fn a_clean_up_that_cannot_succeed_waits_for_the_user_and_releases_on_the_a
     assert_eq!(leftovers(&scene, "stuck", &uid).await, (snapshots, true), "released on request, data kept");
     operator.wait_for_metric("tidb_ebs_backup_cleanups_total{result=\"released\"} 1").await;
     operator.wait_for_metric("tidb_ebs_backup_cleanups_total{result=\"failed\"}").await;
-    let events = scene.stack.kubectl(["get", "events", "-n", &scene.namespace, "--field-selector", "involvedObject.name=stuck", "-o", "json"]).await;
+    let events = scene
+        .stack
+        .kubectl(["get", "events", "-n", &scene.namespace, "--field-selector", "involvedObject.name=stuck", "-o", "json"])
+        .await;
     let events: Value = serde_json::from_slice(&events.stdout).unwrap();
     let notes: Vec<&str> = events["items"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
-    assert!(notes.iter().any(|m| m.contains("released without clean-up") && m.contains(&uid)), "an Event tells where the leftover snapshots are: {notes:#?}");
+    assert!(
+        notes.iter().any(|m| m.contains("released without clean-up") && m.contains(&uid)),
+        "an Event tells where the leftover snapshots are: {notes:#?}"
+    );
     operator.stop().await;
 }

@@ -1,19 +1,17 @@
 //! The local stack is the real thing: a Kubernetes 1.34 apiserver with authentication, RBAC and
 //! ServiceAccount tokens, kubectl and helm, a real PD with fake TiKV stores, and the AWS emulator with
-//! its snapshot, EBS direct and fault-injection extensions. Needs HARNESS_ENV (see tests/support).
-
-mod support;
+//! its snapshot, EBS direct and fault-injection extensions. Needs HARNESS_ENV (see `support`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::{Stack, TidbClusterFixture, describe_output, eventually, exclusive, jwt_claims, shared};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{Filter, VolumeType};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenReview};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount};
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use serde_json::json;
-use support::{Stack, TidbClusterFixture, describe_output, eventually, jwt_claims};
 use tidb_ebs_backup::pd::Pd;
 
 // ---- Kubernetes ----------------------------------------------------------------------------------
@@ -42,13 +40,7 @@ async fn unauthenticated_requests_are_rejected() {
 }
 
 /// ServiceAccount `name` in `ns` and a token for it (default audience unless `audiences` is given).
-async fn service_account_token(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    audiences: &[&str],
-    expiration_seconds: i64,
-) -> TokenRequest {
+async fn service_account_token(client: &kube::Client, ns: &str, name: &str, audiences: &[&str], expiration_seconds: i64) -> TokenRequest {
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
     match sas.create(&PostParams::default(), &sa).await {
@@ -94,10 +86,7 @@ async fn rbac_forbids_a_service_account_to_list_pods_in_another_namespace() {
     assert_eq!(response.status().as_u16(), 403, "listing pods in {other}");
     let status: serde_json::Value = response.json().await.unwrap();
     assert_eq!(status["reason"], "Forbidden", "{status}");
-    assert!(
-        status["message"].as_str().unwrap_or_default().contains(&format!("system:serviceaccount:{home}:nobody")),
-        "{status}"
-    );
+    assert!(status["message"].as_str().unwrap_or_default().contains(&format!("system:serviceaccount:{home}:nobody")), "{status}");
 
     // The same through kube-rs with a bearer-token config.
     let mut config = kube::Config::new(stack.kube_apiserver.parse().unwrap());
@@ -114,7 +103,7 @@ async fn rbac_forbids_a_service_account_to_list_pods_in_another_namespace() {
 fn pem_to_der(pem: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(pem);
     let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect::<String>();
-    support::base64url_decode(&b64).expect("CA PEM base64")
+    crate::support::base64url_decode(&b64).expect("CA PEM base64")
 }
 
 #[tokio::test]
@@ -137,17 +126,13 @@ async fn token_request_issues_a_jwt_for_the_sts_audience() {
 
     // The apiserver accepts it for that audience (TokenReview), not for its own default one.
     let reviews: Api<TokenReview> = Api::all(client.clone());
-    let review = |audiences: Vec<&str>| {
-        serde_json::from_value::<TokenReview>(json!({"spec": {"token": status.token, "audiences": audiences}})).unwrap()
-    };
+    let review =
+        |audiences: Vec<&str>| serde_json::from_value::<TokenReview>(json!({"spec": {"token": status.token, "audiences": audiences}})).unwrap();
     let ok = reviews.create(&PostParams::default(), &review(vec!["sts.amazonaws.com"])).await.expect("TokenReview");
     let ok = ok.status.expect("TokenReview status");
     assert_eq!(ok.authenticated, Some(true), "{ok:?}");
     assert_eq!(ok.audiences, Some(vec!["sts.amazonaws.com".to_string()]));
-    let wrong = reviews
-        .create(&PostParams::default(), &review(vec![stack.kube_apiserver.as_str()]))
-        .await
-        .expect("TokenReview");
+    let wrong = reviews.create(&PostParams::default(), &review(vec![stack.kube_apiserver.as_str()])).await.expect("TokenReview");
     assert_ne!(wrong.status.and_then(|s| s.authenticated), Some(true), "audience must be checked");
 }
 
@@ -173,6 +158,8 @@ async fn kubectl_and_helm_run() {
 
 #[tokio::test]
 async fn pd_answers_and_lists_the_fixture_stores() {
+    // Its fixture registers stores in PD (see `support`).
+    let _stack = shared().await;
     let stack = Stack::get();
     let version = stack.pd_get("version").await;
     assert!(version["version"].as_str().is_some_and(|v| v.starts_with("v8.5")), "{version}");
@@ -213,13 +200,12 @@ async fn pd_answers_and_lists_the_fixture_stores() {
 
 #[tokio::test]
 async fn pd_scheduler_pause_and_resume() {
+    // Other tests assert PD unchanged across their backups, and their backups pause this scheduler too.
+    let _stack = exclusive().await;
     let stack = Stack::get();
     let scheduler = "balance-leader-scheduler";
     let schedulers = stack.pd_get("schedulers").await;
-    assert!(
-        schedulers.as_array().is_some_and(|s| s.iter().any(|n| n == scheduler)),
-        "{scheduler} is a default scheduler: {schedulers}"
-    );
+    assert!(schedulers.as_array().is_some_and(|s| s.iter().any(|n| n == scheduler)), "{scheduler} is a default scheduler: {schedulers}");
 
     let (status, body) = stack.pd_post(&format!("schedulers/{scheduler}"), &json!({"delay": 60})).await;
     assert!(status.is_success(), "pause: {status} {body}");
@@ -242,6 +228,8 @@ async fn pd_scheduler_pause_and_resume() {
 
 #[tokio::test]
 async fn pd_service_gc_safepoint_over_grpc() {
+    // A service safepoint shows in every other test's view of PD.
+    let _stack = exclusive().await;
     let stack = Stack::get();
     let pd = stack.pd_client();
     let service_id = format!("stack-test-{}", uuid::Uuid::new_v4().simple());
@@ -272,14 +260,15 @@ async fn pd_service_gc_safepoint_over_grpc() {
 
 #[tokio::test]
 async fn fixture_builds_a_consistent_cluster_on_kubernetes_and_ec2() {
+    // Its fixture registers stores in PD (see `support`).
+    let _stack = shared().await;
     let stack = Stack::get();
     let ns = stack.unique_namespace("stack-fixture").await;
     let fixture = TidbClusterFixture::create(stack, &ns, "basic", 2, 2).await;
     let client = stack.kube_client().await;
 
     // TidbCluster with the storage volume, config and store status.
-    let tcs: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &ns, &tidb_ebs_backup::api::tidbcluster::tidbcluster_resource());
+    let tcs: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &tidb_ebs_backup::api::tidbcluster::tidbcluster_resource());
     let tc = tcs.get("basic").await.expect("TidbCluster");
     let facts = tidb_ebs_backup::api::tidbcluster::ClusterFacts::from_object(&tc);
     assert_eq!(facts.tikv_replicas, 2);
@@ -296,10 +285,7 @@ async fn fixture_builds_a_consistent_cluster_on_kubernetes_and_ec2() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    let tikv_pods = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/component=tikv,app.kubernetes.io/instance=basic"))
-        .await
-        .unwrap();
+    let tikv_pods = pods.list(&ListParams::default().labels("app.kubernetes.io/component=tikv,app.kubernetes.io/instance=basic")).await.unwrap();
     assert_eq!(tikv_pods.items.len(), 2);
     let mut kinds = BTreeSet::new();
     for m in &fixture.tikv {
@@ -316,10 +302,7 @@ async fn fixture_builds_a_consistent_cluster_on_kubernetes_and_ec2() {
             .into_iter()
             .filter_map(|v| Some((v.name, v.persistent_volume_claim?.claim_name)))
             .collect();
-        assert_eq!(
-            claims,
-            vec![("tikv".to_string(), format!("tikv-{}", m.pod)), ("tikv-raft".to_string(), format!("tikv-raft-{}", m.pod))]
-        );
+        assert_eq!(claims, vec![("tikv".to_string(), format!("tikv-{}", m.pod)), ("tikv-raft".to_string(), format!("tikv-raft-{}", m.pod))]);
         for v in &m.volumes {
             let pvc = pvcs.get(&v.pvc).await.unwrap();
             assert_eq!(pvc.spec.unwrap().volume_name.as_deref(), Some(v.pv.as_str()));
@@ -373,8 +356,12 @@ async fn fixture_builds_a_consistent_cluster_on_kubernetes_and_ec2() {
         assert_eq!(attached_to(&p.volume.volume_id), p.instance_id);
     }
     let tagged = volumes.volumes().iter().find(|v| v.volume_id() == Some(fixture.tikv[0].volumes[0].volume_id.as_str())).unwrap();
-    assert!(tagged.tags().iter().any(|t| t.key() == Some("kubernetes.io/created-for/pvc/name")
-        && t.value() == Some(format!("tikv-{}", fixture.tikv[0].pod).as_str())));
+    assert!(
+        tagged
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some("kubernetes.io/created-for/pvc/name") && t.value() == Some(format!("tikv-{}", fixture.tikv[0].pod).as_str()))
+    );
     assert_eq!(fixture.foreign_volume_ids.len(), 2);
     assert_eq!(fixture.pd_volume_ids.len(), 1);
 }
@@ -397,22 +384,20 @@ async fn new_volume(ec2: &aws_sdk_ec2::Client, az: &str, gib: i32) -> String {
 async fn snapshot_state(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> (String, String) {
     let out = ec2.describe_snapshots().snapshot_ids(snapshot_id).send().await.expect("DescribeSnapshots");
     let snap = out.snapshots().first().expect("the snapshot");
-    (
-        snap.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
-        snap.progress().unwrap_or_default().to_string(),
-    )
+    (snap.state().map(|s| s.as_str().to_string()).unwrap_or_default(), snap.progress().unwrap_or_default().to_string())
 }
 
 #[tokio::test]
 async fn emulator_snapshots_are_pending_then_completed() {
+    // The pending time set here is emulator-wide.
+    let _stack = exclusive().await;
     let stack = Stack::get();
     let emulator = stack.emulator();
     let ec2 = stack.ec2_client().await;
     let az = format!("{}a", stack.aws_region);
     let volume = new_volume(&ec2, &az, 1).await;
 
-    // Global setting: only this test creates snapshots without a per-volume setting in this binary,
-    // and it is put back right after the CreateSnapshot (a snapshot keeps what it started with).
+    // Put back right after the CreateSnapshot (a snapshot keeps what it started with).
     emulator.set_snapshot_pending_seconds(2.0).await;
     let created = ec2.create_snapshot().volume_id(&volume).description("pending test").send().await;
     emulator.set_snapshot_pending_seconds(0.0).await;
@@ -432,10 +417,8 @@ async fn emulator_snapshots_are_pending_then_completed() {
     let snapshot = ec2.create_snapshot().volume_id(&failing).send().await.expect("CreateSnapshot");
     let snapshot = snapshot.snapshot_id().unwrap().to_string();
     assert_eq!(snapshot_state(&ec2, &snapshot).await.0, "pending");
-    eventually("the snapshot to fail", Duration::from_secs(15), || async {
-        (snapshot_state(&ec2, &snapshot).await.0 == "error").then_some(())
-    })
-    .await;
+    eventually("the snapshot to fail", Duration::from_secs(15), || async { (snapshot_state(&ec2, &snapshot).await.0 == "error").then_some(()) })
+        .await;
 
     // A pending snapshot can be finished through the control API.
     emulator.set_volume_snapshot_behaviour(&volume, 3600.0, "completed").await;
@@ -487,14 +470,7 @@ async fn emulator_list_snapshot_blocks_pages_over_the_block_map() {
     assert_eq!(seen, written);
 
     // The SDK paginator walks the same pages.
-    let all: Vec<_> = ebs
-        .list_snapshot_blocks()
-        .snapshot_id(&snapshot)
-        .max_results(100)
-        .into_paginator()
-        .send()
-        .collect::<Vec<_>>()
-        .await;
+    let all: Vec<_> = ebs.list_snapshot_blocks().snapshot_id(&snapshot).max_results(100).into_paginator().send().collect::<Vec<_>>().await;
     let total: usize = all.into_iter().map(|p| p.expect("page").blocks().len()).sum();
     assert_eq!(total, 250);
     let logged = emulator.requests(Some("ListSnapshotBlocks")).await;
@@ -503,6 +479,8 @@ async fn emulator_list_snapshot_blocks_pages_over_the_block_map() {
 
 #[tokio::test]
 async fn emulator_injected_request_limit_exceeded_reaches_the_sdk() {
+    // Exclusive tests clear every fault rule, this one's too.
+    let _stack = shared().await;
     let stack = Stack::get();
     let emulator = stack.emulator();
     let ec2 = stack.ec2_client_without_retries().await;
@@ -519,10 +497,7 @@ async fn emulator_injected_request_limit_exceeded_reaches_the_sdk() {
     ec2.describe_key_pairs().send().await.expect("the fault is used up after one request");
 
     let logged = emulator.requests(Some("DescribeKeyPairs")).await;
-    assert!(
-        logged.iter().any(|r| r["injected"] == true && r["error_code"] == "RequestLimitExceeded" && r["status"] == 503),
-        "{logged:?}"
-    );
+    assert!(logged.iter().any(|r| r["injected"] == true && r["error_code"] == "RequestLimitExceeded" && r["status"] == 503), "{logged:?}");
     let rules = emulator.faults().await;
     let mine = rules.iter().find(|r| r["id"] == id).expect("rule still listed");
     assert_eq!(mine["hits"], 1);
@@ -549,9 +524,29 @@ async fn emulator_s3_works_path_style() {
     assert!(logged.iter().any(|r| r["path"] == format!("/{bucket}/backup/backupmeta")), "path-style request");
 }
 
+/// The AWS SDK's HTTPS client (rustls on ring; the suites reach the emulator over plain http) does a real
+/// TLS handshake: against the apiserver, whose certificate no public root signs, a call fails on that
+/// certificate, not before it.
+#[tokio::test]
+async fn the_aws_sdk_https_client_does_tls() {
+    let stack = Stack::get();
+    let config = tidb_ebs_backup::aws::config_loader()
+        .endpoint_url(&stack.kube_apiserver)
+        .region(aws_config::Region::new(stack.aws_region.clone()))
+        .credentials_provider(aws_credential_types::Credentials::new("a", "b", None, None, "test"))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .load()
+        .await;
+    let err = aws_sdk_sts::Client::new(&config).get_caller_identity().send().await.expect_err("an untrusted certificate");
+    let text = aws_smithy_types::error::display::DisplayErrorContext(&err).to_string();
+    assert!(text.contains("invalid peer certificate"), "{text}");
+}
+
 /// The fixture is usable for benchmark-sized clusters: 30 stores with two volumes each.
 #[tokio::test]
 async fn fixture_scales_to_thirty_stores() {
+    // Its fixture registers stores in PD (see `support`).
+    let _stack = shared().await;
     let stack = Stack::get();
     let ns = stack.unique_namespace("stack-fixture-30").await;
     let started = std::time::Instant::now();

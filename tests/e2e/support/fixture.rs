@@ -64,7 +64,6 @@ pub struct PdMember {
     pub pod: String,
     pub node: String,
     pub instance_id: String,
-    pub root_volume_id: String,
     pub volume: FixtureVolume,
 }
 
@@ -84,13 +83,7 @@ pub struct TidbClusterFixture {
 
 impl TidbClusterFixture {
     /// `stores` TiKV pods with `volumes_per_store` (1: `tikv`; 2: plus `tikv-raft`) volumes each, one PD pod.
-    pub async fn create(
-        stack: &Stack,
-        namespace: &str,
-        name: &str,
-        stores: usize,
-        volumes_per_store: usize,
-    ) -> TidbClusterFixture {
+    pub async fn create(stack: &Stack, namespace: &str, name: &str, stores: usize, volumes_per_store: usize) -> TidbClusterFixture {
         Self::builder(name).stores(stores).volumes_per_store(volumes_per_store).create(stack, namespace).await
     }
 
@@ -107,15 +100,6 @@ impl TidbClusterFixture {
         }
     }
 
-    pub fn member(&self, pod: &str) -> &TikvMember {
-        self.tikv.iter().find(|m| m.pod == pod).unwrap_or_else(|| panic!("no TiKV pod {pod} in the fixture"))
-    }
-
-    /// Pod name -> member (instance id, volume ids, store id, ...).
-    pub fn by_pod(&self) -> BTreeMap<String, &TikvMember> {
-        self.tikv.iter().map(|m| (m.pod.clone(), m)).collect()
-    }
-
     pub fn by_store_id(&self) -> BTreeMap<u64, &TikvMember> {
         self.tikv.iter().map(|m| (m.store_id, m)).collect()
     }
@@ -123,10 +107,6 @@ impl TidbClusterFixture {
     /// Every TiKV volume (what a backup must snapshot), in pod order.
     pub fn tikv_volume_ids(&self) -> Vec<String> {
         self.tikv.iter().flat_map(TikvMember::volume_ids).collect()
-    }
-
-    pub fn tikv_instance_ids(&self) -> Vec<String> {
-        self.tikv.iter().map(|m| m.instance_id.clone()).collect()
     }
 
     /// Value of the `tidb-ebs-backup.test/fixture` tag on every EC2 resource of this fixture.
@@ -159,19 +139,6 @@ impl FixtureBuilder {
         self.volumes_per_store = n;
         self
     }
-    pub fn pd_replicas(mut self, n: usize) -> Self {
-        self.pd_replicas = n;
-        self
-    }
-    /// Size of each TiKV volume (the emulator counts every block of a fresh volume as written).
-    pub fn tikv_volume_gib(mut self, gib: i32) -> Self {
-        self.tikv_volume_gib = gib;
-        self
-    }
-    pub fn version(mut self, version: &str) -> Self {
-        self.version = version.to_string();
-        self
-    }
 
     pub async fn create(self, stack: &Stack, namespace: &str) -> TidbClusterFixture {
         assert!((1..=64).contains(&self.stores), "fake-tikv registers 1..64 stores");
@@ -200,8 +167,7 @@ impl FixtureBuilder {
             .send()
             .await
             .unwrap_or_else(|e| panic!("RunInstances for {tag}: {e:?}"));
-        let instance_ids: Vec<String> =
-            run.instances().iter().filter_map(|i| i.instance_id().map(str::to_string)).collect();
+        let instance_ids: Vec<String> = run.instances().iter().filter_map(|i| i.instance_id().map(str::to_string)).collect();
         assert_eq!(instance_ids.len(), instance_count as usize, "RunInstances made {instance_ids:?}");
         let described = ec2
             .describe_instances()
@@ -239,7 +205,7 @@ impl FixtureBuilder {
                         pvc,
                         device: format!("/dev/xvdb{}", (b'a' + j as u8) as char),
                         size_gib: self.tikv_volume_gib,
-                        csi: (i * self.volumes_per_store + j) % 2 == 0,
+                        csi: (i * self.volumes_per_store + j).is_multiple_of(2),
                     }
                 })
                 .collect();
@@ -263,7 +229,6 @@ impl FixtureBuilder {
                 PdMember {
                     index: i,
                     node: node_name(ns, &pod),
-                    root_volume_id: root_volumes.get(&instance_id).cloned().unwrap_or_default(),
                     instance_id,
                     volume: FixtureVolume {
                         volume_id: String::new(),
@@ -280,30 +245,40 @@ impl FixtureBuilder {
             .collect();
 
         // ---- EBS volumes: create and attach -----------------------------------------------------
-        // (slot, instance, device, size, tags) -> volume id
         enum Slot {
             Tikv(usize, usize),
             Foreign(usize),
             Pd(usize),
         }
-        let mut wanted: Vec<(Slot, String, String, i32, Vec<(String, String)>)> = vec![];
+        /// A volume to create and attach; it comes back as (slot, volume id).
+        struct Wanted {
+            slot: Slot,
+            instance: String,
+            device: String,
+            size_gib: i32,
+            tags: Vec<(String, String)>,
+        }
+        let mut wanted: Vec<Wanted> = vec![];
         let fixture_tag_kv = ("tidb-ebs-backup.test/fixture".to_string(), tag.clone());
         for m in &tikv {
             for (j, v) in m.volumes.iter().enumerate() {
-                wanted.push((Slot::Tikv(m.index, j), m.instance_id.clone(), v.device.clone(), v.size_gib, csi_tags(ns, v)));
+                let (instance, device) = (m.instance_id.clone(), v.device.clone());
+                wanted.push(Wanted { slot: Slot::Tikv(m.index, j), instance, device, size_gib: v.size_gib, tags: csi_tags(ns, v) });
             }
             let foreign_tags = vec![
                 ("Name".to_string(), format!("{ns}-{}-scratch", m.pod)),
                 ("purpose".to_string(), "node-local scratch, not TiKV".to_string()),
                 fixture_tag_kv.clone(),
             ];
-            wanted.push((Slot::Foreign(m.index), m.instance_id.clone(), "/dev/xvdf".into(), self.foreign_volume_gib, foreign_tags));
+            let (instance, device) = (m.instance_id.clone(), "/dev/xvdf".to_string());
+            wanted.push(Wanted { slot: Slot::Foreign(m.index), instance, device, size_gib: self.foreign_volume_gib, tags: foreign_tags });
         }
         for p in &pd {
-            wanted.push((Slot::Pd(p.index), p.instance_id.clone(), p.volume.device.clone(), p.volume.size_gib, csi_tags(ns, &p.volume)));
+            let (instance, device) = (p.instance_id.clone(), p.volume.device.clone());
+            wanted.push(Wanted { slot: Slot::Pd(p.index), instance, device, size_gib: p.volume.size_gib, tags: csi_tags(ns, &p.volume) });
         }
         let created: Vec<(Slot, String)> = stream::iter(wanted)
-            .map(|(slot, instance, device, size, mut volume_tags)| {
+            .map(|Wanted { slot, instance, device, size_gib: size, tags: mut volume_tags }| {
                 let ec2 = ec2.clone();
                 let az = az.clone();
                 if !volume_tags.iter().any(|(k, _)| k == "tidb-ebs-backup.test/fixture") {
@@ -448,8 +423,11 @@ async fn create_tidbcluster(client: &kube::Client, fixture: &TidbClusterFixture,
         .iter()
         .map(|p| {
             let url = format!("http://{}.{name}-pd-peer.{ns}.svc:2379", p.pod);
-            (p.pod.clone(), json!({"name": p.pod, "id": (p.index + 1).to_string(), "clientURL": url,
-                                   "health": true, "lastTransitionTime": now}))
+            (
+                p.pod.clone(),
+                json!({"name": p.pod, "id": (p.index + 1).to_string(), "clientURL": url,
+                                   "health": true, "lastTransitionTime": now}),
+            )
         })
         .collect();
     let tc = json!({
@@ -474,12 +452,9 @@ async fn create_tidbcluster(client: &kube::Client, fixture: &TidbClusterFixture,
                             "lastTransitionTime": now}],
         },
     });
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &tidb_ebs_backup::api::tidbcluster::tidbcluster_resource());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &tidb_ebs_backup::api::tidbcluster::tidbcluster_resource());
     let object: DynamicObject = serde_json::from_value(tc).expect("TidbCluster object");
-    api.create(&PostParams::default(), &object)
-        .await
-        .unwrap_or_else(|e| panic!("creating TidbCluster {ns}/{name}: {e}"));
+    api.create(&PostParams::default(), &object).await.unwrap_or_else(|e| panic!("creating TidbCluster {ns}/{name}: {e}"));
 }
 
 struct PodPlan {
@@ -648,13 +623,9 @@ async fn create_pod_with_storage(client: &kube::Client, fixture: &TidbClusterFix
         .unwrap_or_else(|e| panic!("PVC {ns}/{} status: {e}", v.pvc));
     }
 
-    let volumes: Vec<Value> = plan
-        .volumes
-        .iter()
-        .map(|(_, v)| json!({"name": v.pod_volume, "persistentVolumeClaim": {"claimName": v.pvc}}))
-        .collect();
-    let mounts: Vec<Value> =
-        plan.volumes.iter().map(|(path, v)| json!({"name": v.pod_volume, "mountPath": path})).collect();
+    let volumes: Vec<Value> =
+        plan.volumes.iter().map(|(_, v)| json!({"name": v.pod_volume, "persistentVolumeClaim": {"claimName": v.pvc}})).collect();
+    let mounts: Vec<Value> = plan.volumes.iter().map(|(path, v)| json!({"name": v.pod_volume, "mountPath": path})).collect();
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": plan.pod, "labels": labels},
         "spec": {

@@ -3,11 +3,6 @@
 
 pub mod api;
 pub mod aws;
-// src/backup/ is being split into one module per step (issue 14); it is formatted and its lints fixed
-// when that lands. Until then rustfmt leaves it alone and clippy's one finding there (a collapsible if
-// in steps.rs) is allowed. Remove both attributes then.
-#[rustfmt::skip]
-#[allow(clippy::collapsible_if)]
 pub mod backup;
 pub mod k8s;
 pub mod metrics;

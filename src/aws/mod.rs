@@ -46,7 +46,8 @@ pub const THROTTLE_CODES: &[&str] = &[
 ];
 
 /// Codes of AWS's own failures (HTTP 5xx): the request may or may not have been carried out.
-pub const SNAPSHOT_QUOTA_CODES: &[&str] = &["PendingSnapshotLimitExceeded", "ConcurrentSnapshotLimitExceeded", "SnapshotCreationPerVolumeRateExceeded"];
+pub const SNAPSHOT_QUOTA_CODES: &[&str] =
+    &["PendingSnapshotLimitExceeded", "ConcurrentSnapshotLimitExceeded", "SnapshotCreationPerVolumeRateExceeded"];
 pub const SERVER_ERROR_CODES: &[&str] = &["InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable", "Unknown"];
 
 impl AwsError {

@@ -9,7 +9,13 @@ use super::AwsError;
 use crate::metrics::Metrics;
 
 /// Retries `call` while AWS throttles (rate limits and snapshot quotas), with jittered exponential backoff.
-pub async fn retry_throttled<T, F, Fut>(deadline: Instant, backoff_max: Duration, metrics: &Metrics, operation: &'static str, mut call: F) -> Result<T, AwsError>
+pub async fn retry_throttled<T, F, Fut>(
+    deadline: Instant,
+    backoff_max: Duration,
+    metrics: &Metrics,
+    operation: &'static str,
+    mut call: F,
+) -> Result<T, AwsError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, AwsError>>,

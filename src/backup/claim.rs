@@ -98,9 +98,7 @@ impl ClusterClaim {
         let Some((namespace, name)) = holder.split_once('/') else { return Ok(false) };
         let api: Api<Backup> = Api::namespaced(self.client.clone(), namespace);
         Ok(api.get_opt(name).await?.is_some_and(|b| {
-            b.meta().uid.as_deref() == Some(holder_uid)
-                && b.meta().deletion_timestamp.is_none()
-                && !b.phase().is_some_and(ConditionType::is_terminal)
+            b.meta().uid.as_deref() == Some(holder_uid) && b.meta().deletion_timestamp.is_none() && !b.phase().is_some_and(ConditionType::is_terminal)
         }))
     }
 
@@ -110,7 +108,8 @@ impl ClusterClaim {
         if lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) != Some(self.uid.as_str()) {
             return Ok(false);
         }
-        let patch = json!({"metadata": {"resourceVersion": lease.metadata.resource_version}, "spec": {"renewTime": MicroTime(jiff::Timestamp::now())}});
+        let patch =
+            json!({"metadata": {"resourceVersion": lease.metadata.resource_version}, "spec": {"renewTime": MicroTime(jiff::Timestamp::now())}});
         match self.api.patch(&self.lease, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(false),

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
+use super::Result;
 use super::context::AwsClients;
 use super::meta::TAG_BACKUP_UID;
 use super::ownership::{DataError, delete_own_meta, delete_snapshots, snapshots_created};
 use super::resume::resume_and_record;
 use super::run::BackupRun;
-use super::Result;
 use crate::api::condition::NewCondition;
 use crate::api::{Backup, CleanPolicy, ConditionStatus, ConditionType};
 use crate::reason::Reason;
@@ -55,7 +55,9 @@ pub async fn on_delete(mut cx: BackupRun<'_>) -> Result<Option<Duration>> {
 async fn clean(cx: &mut BackupRun<'_>) -> Result<Option<Duration>> {
     let journal = &mut cx.journal;
     if journal.backup.status.as_ref().and_then(|s| s.backup_path.as_ref()).is_none() && journal.record.snapshot_requests.is_empty() {
-        journal.condition(NewCondition::truthy(ConditionType::Clean).because(Reason::NothingToClean, "the backup created no data")).await?;
+        journal
+            .condition(NewCondition::truthy(ConditionType::Clean).because(Reason::NothingToClean, "the backup created no data"))
+            .await?;
         journal.set_finalizer(false).await?;
         cx.ctx.metrics.cleanup("nothing");
         return Ok(None);
@@ -87,7 +89,10 @@ async fn cleanup_clients(cx: &mut BackupRun<'_>) -> std::result::Result<AwsClien
         Ok(aws) => Ok(aws),
         Err(own) => {
             tracing::warn!(reason = %own.reason, "the Backup's credentials are unusable; cleaning up with the operator's identity");
-            cx.clients.operator_aws(&cx.journal.backup).await.map_err(|e| format!("{}; the operator's own identity failed too: {e}", own.message))
+            cx.clients
+                .operator_aws(&cx.journal.backup)
+                .await
+                .map_err(|e| format!("{}; the operator's own identity failed too: {e}", own.message))
         }
     }
 }
@@ -108,7 +113,10 @@ async fn delete_data(cx: &BackupRun<'_>, aws: &AwsClients) -> std::result::Resul
 async fn clean_failed(cx: &mut BackupRun<'_>, reason: Reason, message: String) -> Result<Option<Duration>> {
     let journal = &mut cx.journal;
     if journal.backup.annotations().get(FORCE_RELEASE_ANNOTATION).is_some_and(|v| v == "true") {
-        let note = format!("released without clean-up as {FORCE_RELEASE_ANNOTATION} asks; check for leftover snapshots tagged {TAG_BACKUP_UID}={}: {message}", journal.uid());
+        let note = format!(
+            "released without clean-up as {FORCE_RELEASE_ANNOTATION} asks; check for leftover snapshots tagged {TAG_BACKUP_UID}={}: {message}",
+            journal.uid()
+        );
         journal.condition(NewCondition::truthy(ConditionType::CleanFailed).because(reason, note.clone())).await?;
         // The phase may already be CleanFailed, so the phase Event would not fire: say it explicitly.
         journal.events.warning(Reason::ReleasedWithoutCleanup, &note, "Clean").await;

@@ -35,7 +35,12 @@ impl<'a> Clients<'a> {
             return Ok(aws.clone());
         }
         let source = credential_source(&self.ctx.client, backup, TOKEN_SECONDS).await?;
-        let aws = self.ctx.connectors.aws(backup, &source).await.map_err(|e| Failure::new(Reason::AWSCredentialsFailed, format!("using {}: {e}", source.describe())))?;
+        let aws = self
+            .ctx
+            .connectors
+            .aws(backup, &source)
+            .await
+            .map_err(|e| Failure::new(Reason::AWSCredentialsFailed, format!("using {}: {e}", source.describe())))?;
         self.aws = Some(aws.clone());
         Ok(aws)
     }
@@ -79,7 +84,10 @@ impl<'a> Clients<'a> {
             .await
             .map_err(|e| Failure::new(Reason::KubernetesAPIFailed, format!("reading Secret {namespace}/{secret_name}: {e}")))?
             .ok_or_else(|| {
-                Failure::new(Reason::PDTLSSecretNotFound, format!("TLS is enabled for the cluster but Secret {namespace}/{secret_name} does not exist"))
+                Failure::new(
+                    Reason::PDTLSSecretNotFound,
+                    format!("TLS is enabled for the cluster but Secret {namespace}/{secret_name} does not exist"),
+                )
             })?;
         let get = |key: &str| {
             secret

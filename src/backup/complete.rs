@@ -20,7 +20,10 @@ pub async fn wait_snapshots(cx: &mut BackupRun<'_>) -> StepResult {
     let aws = cx.clients.aws(&cx.journal.backup).await.map_err(transient)?;
     let ids: Vec<String> = cx.journal.record.snapshots.values().cloned().collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let described = retry_throttled(deadline, cx.ctx.settings.throttle_backoff_max, &cx.ctx.metrics, "DescribeSnapshots", || aws.snapshots.describe_snapshots(&ids)).await;
+    let described = retry_throttled(deadline, cx.ctx.settings.throttle_backoff_max, &cx.ctx.metrics, "DescribeSnapshots", || {
+        aws.snapshots.describe_snapshots(&ids)
+    })
+    .await;
     let snapshots = match described {
         Ok(s) => s,
         Err(e) => {
@@ -46,7 +49,11 @@ pub async fn wait_snapshots(cx: &mut BackupRun<'_>) -> StepResult {
             record.transient = None;
             set_progress(status, SNAPSHOT_PROGRESS_STEP, if complete { 100.0 } else { progress.min(99.9) }, now);
             if complete {
-                set_condition(status, NewCondition::truthy(ConditionType::VolumeBackupComplete).because(Reason::SnapshotsCompleted, message.clone()), now);
+                set_condition(
+                    status,
+                    NewCondition::truthy(ConditionType::VolumeBackupComplete).because(Reason::SnapshotsCompleted, message.clone()),
+                    now,
+                );
             }
         })
         .await?;
@@ -65,7 +72,11 @@ pub async fn finish(cx: &mut BackupRun<'_>) -> StepResult {
     };
     // A size that cannot be had is left out; it never fails a backup whose snapshots are complete.
     let full = sizes.full.inspect_err(|message| tracing::warn!(%message, "full size unavailable; the backup itself is complete")).ok().flatten();
-    let incremental = sizes.incremental.inspect_err(|message| tracing::warn!(%message, "incremental size unavailable; the backup itself is complete")).ok().flatten();
+    let incremental = sizes
+        .incremental
+        .inspect_err(|message| tracing::warn!(%message, "incremental size unavailable; the backup itself is complete"))
+        .ok()
+        .flatten();
     let started = cx.journal.backup.status.as_ref().and_then(|s| s.time_started.clone());
     // A successful OnFailure backup keeps its data: the finalizer goes before `Complete` is shown, so
     // whoever sees `Complete` also sees the finalizer as it will stay.

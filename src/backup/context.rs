@@ -9,7 +9,7 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
 use crate::api::Backup;
-use crate::aws::{AwsIdentity, AwsSettings, CredentialSource, MetaStore, S3MetaStore, Snapshots, Ec2Snapshots};
+use crate::aws::{AwsIdentity, AwsSettings, CredentialSource, Ec2Snapshots, MetaStore, S3MetaStore, Snapshots};
 use crate::k8s::StatusWriter;
 use crate::pd::{Pd, PdClient, PdEndpoint};
 
@@ -132,10 +132,7 @@ impl Connectors for RealConnectors {
             s3_config = s3_config.force_path_style(true);
         }
         let s3_client = aws_sdk_s3::Client::from_conf(s3_config.build());
-        Ok(AwsClients {
-            snapshots: Arc::new(Ec2Snapshots::new(&identity.config)),
-            meta: Arc::new(S3MetaStore::new(s3_client, bucket, prefix)),
-        })
+        Ok(AwsClients { snapshots: Arc::new(Ec2Snapshots::new(&identity.config)), meta: Arc::new(S3MetaStore::new(s3_client, bucket, prefix)) })
     }
 }
 
@@ -158,7 +155,14 @@ pub struct Context {
 impl Context {
     /// What every reconcile of one operator process shares; the Events name `settings.instance` as
     /// the reporting instance.
-    pub fn new(client: kube::Client, settings: Settings, connectors: Arc<dyn Connectors>, backups: Store<Backup>, metrics: Arc<crate::metrics::Metrics>, fence: Arc<crate::k8s::lease::Fence>) -> Self {
+    pub fn new(
+        client: kube::Client,
+        settings: Settings,
+        connectors: Arc<dyn Connectors>,
+        backups: Store<Backup>,
+        metrics: Arc<crate::metrics::Metrics>,
+        fence: Arc<crate::k8s::lease::Fence>,
+    ) -> Self {
         let reporter = kube::runtime::events::Reporter { controller: "tidb-ebs-backup".into(), instance: settings.instance.clone() };
         let bucket = crate::aws::rate::TokenBucket::new(settings.create_snapshots_burst, settings.create_snapshots_refill_per_second);
         Self {

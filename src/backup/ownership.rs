@@ -54,7 +54,11 @@ fn lock_body(backup: &Backup) -> Vec<u8> {
 /// Claims the backup's prefix (preflight, before the pause). Re-running after a restart finds its own lock.
 pub async fn lock_prefix(backup: &Backup, aws: &AwsClients) -> Result<(), Failure> {
     let location = aws.meta.location();
-    let written = aws.meta.put_if_absent(LOCK_FILE, lock_body(backup)).await.map_err(|e| Failure::doing(format!("writing {location}/{LOCK_FILE}"), &e))?;
+    let written = aws
+        .meta
+        .put_if_absent(LOCK_FILE, lock_body(backup))
+        .await
+        .map_err(|e| Failure::doing(format!("writing {location}/{LOCK_FILE}"), &e))?;
     if written {
         return Ok(());
     }
@@ -94,7 +98,9 @@ pub async fn delete_own_meta(backup: &Backup, meta_written: bool, aws: &AwsClien
         PrefixOwner::Nobody => {
             meta_written
                 && match aws.meta.get(meta::META_FILE).await.map_err(|e| DataError::Meta { what: "reading backupmeta".into(), source: e })? {
-                    Some(body) => serde_json::from_slice(&body).is_ok_and(|m| meta::snapshot_ids_in_meta(&m).iter().all(|id| own_snapshots.contains(id))),
+                    Some(body) => {
+                        serde_json::from_slice(&body).is_ok_and(|m| meta::snapshot_ids_in_meta(&m).iter().all(|id| own_snapshots.contains(id)))
+                    }
                     None => false,
                 }
         }
@@ -134,7 +140,14 @@ pub async fn snapshots_created(backup: &Backup, recorded: impl Iterator<Item = &
 
 /// Deletes these snapshots, at most `per_second` a second when given (spaced from the end of each
 /// delete, so retries never bunch deletions above the rate), waiting out throttling until `within`.
-pub async fn delete_snapshots(aws: &AwsClients, ids: &BTreeSet<String>, per_second: Option<f64>, within: Duration, backoff_max: Duration, metrics: &Metrics) -> Result<(), DataError> {
+pub async fn delete_snapshots(
+    aws: &AwsClients,
+    ids: &BTreeSet<String>,
+    per_second: Option<f64>,
+    within: Duration,
+    backoff_max: Duration,
+    metrics: &Metrics,
+) -> Result<(), DataError> {
     let deadline = Instant::now() + within;
     let spacing = per_second.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
     let mut next = Instant::now();

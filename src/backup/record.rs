@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::api::Backup;
-use crate::reason::{Reason, Reasoned};
 use crate::k8s::volumes::{PdVolume, TikvStoreVolumes};
+use crate::reason::{Reason, Reasoned};
 
 pub const RECORD_ANNOTATION: &str = "tidb-ebs-backup/record";
 
@@ -185,17 +185,13 @@ impl BackupRecord {
     }
 
     pub fn all_snapshots_created(&self) -> bool {
-        self.plan
-            .as_ref()
-            .is_some_and(|plan| plan.instances.iter().flat_map(|i| &i.volume_ids).all(|v| self.snapshots.contains_key(v)))
+        self.plan.as_ref().is_some_and(|plan| plan.instances.iter().flat_map(|i| &i.volume_ids).all(|v| self.snapshots.contains_key(v)))
     }
 
     pub fn instances_without_snapshots(&self) -> Vec<&InstancePlan> {
         self.plan
             .as_ref()
-            .map(|plan| {
-                plan.instances.iter().filter(|i| i.volume_ids.iter().any(|v| !self.snapshots.contains_key(v))).collect()
-            })
+            .map(|plan| plan.instances.iter().filter(|i| i.volume_ids.iter().any(|v| !self.snapshots.contains_key(v))).collect())
             .unwrap_or_default()
     }
 }

@@ -9,7 +9,7 @@ use super::context::Context;
 use super::journal::{Journal, unix_now};
 use super::machine::{Step, next_step};
 use super::record::{Failure, Transient};
-use super::{Error, Result, cleanup, complete, failure, machine, preflight, pause, resume, snapshot, write_meta};
+use super::{Error, Result, cleanup, complete, failure, machine, pause, preflight, resume, snapshot, write_meta};
 use crate::api::ConditionType;
 use crate::api::condition::NewCondition;
 use crate::reason::Reason;
@@ -75,7 +75,14 @@ impl<'a> BackupRun<'a> {
     /// The backup's claim on its TidbCluster (one backup at a time per cluster).
     pub fn claim(&self) -> ClusterClaim {
         let backup = &self.journal.backup;
-        ClusterClaim::new(&self.ctx.client, &self.ctx.settings.claim_namespace, &backup.cluster_namespace(), &backup.spec.br.cluster, backup, self.ctx.settings.pause_ttl)
+        ClusterClaim::new(
+            &self.ctx.client,
+            &self.ctx.settings.claim_namespace,
+            &backup.cluster_namespace(),
+            &backup.spec.br.cluster,
+            backup,
+            self.ctx.settings.pause_ttl,
+        )
     }
 
     /// Gives the cluster back; a failure only delays the next backup by one pause TTL.
@@ -89,7 +96,10 @@ impl<'a> BackupRun<'a> {
     pub async fn run(mut self) -> Result<Option<Duration>> {
         // The finalizer follows cleanPolicy on every pass: a Retain backup switched to Delete gets it.
         let journal = &mut self.journal;
-        if cleanup::needs_finalizer(&journal.backup) && !journal.has_finalizer() && !matches!(next_step(&journal.backup, &journal.record), Step::Ignore) {
+        if cleanup::needs_finalizer(&journal.backup)
+            && !journal.has_finalizer()
+            && !matches!(next_step(&journal.backup, &journal.record), Step::Ignore)
+        {
             journal.set_finalizer(true).await?;
         }
         loop {

@@ -43,17 +43,29 @@ pub async fn measure(ctx: &Context, aws: &AwsClients, record: &BackupRecord, lev
         async move {
             let full = match snapshot.full_size_bytes {
                 Some(bytes) => Ok(bytes),
-                None => retry_throttled(deadline, backoff, &metrics, "ListSnapshotBlocks", || snapshots.snapshot_block_bytes(&snapshot.snapshot_id)).await,
+                None => {
+                    retry_throttled(deadline, backoff, &metrics, "ListSnapshotBlocks", || snapshots.snapshot_block_bytes(&snapshot.snapshot_id)).await
+                }
             };
             if !level.incremental() {
                 return (full, Ok(0));
             }
             let incremental = async {
-                let history = retry_throttled(deadline, backoff, &metrics, "DescribeSnapshots", || snapshots.completed_snapshots_of_volume(&snapshot.volume_id)).await?;
-                let previous = history.iter().position(|s| s.snapshot_id == snapshot.snapshot_id).and_then(|p| p.checked_sub(1)).map(|p| history[p].snapshot_id.clone());
+                let history = retry_throttled(deadline, backoff, &metrics, "DescribeSnapshots", || {
+                    snapshots.completed_snapshots_of_volume(&snapshot.volume_id)
+                })
+                .await?;
+                let previous = history
+                    .iter()
+                    .position(|s| s.snapshot_id == snapshot.snapshot_id)
+                    .and_then(|p| p.checked_sub(1))
+                    .map(|p| history[p].snapshot_id.clone());
                 match previous {
                     Some(previous) => {
-                        retry_throttled(deadline, backoff, &metrics, "ListChangedBlocks", || snapshots.changed_block_bytes(&previous, &snapshot.snapshot_id)).await
+                        retry_throttled(deadline, backoff, &metrics, "ListChangedBlocks", || {
+                            snapshots.changed_block_bytes(&previous, &snapshot.snapshot_id)
+                        })
+                        .await
                     }
                     // The first snapshot of a volume: everything in it is new.
                     None => full.clone(),

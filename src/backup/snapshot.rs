@@ -157,7 +157,12 @@ impl Round {
 /// token bucket (and `snapshot_concurrency`, if set) allows. The round is recorded before any call and
 /// its results once every call has returned: the calls run while PD is paused, and a result lost to a
 /// crash is found by tag. The errors are returned.
-async fn send_create_snapshots(cx: &mut BackupRun<'_>, aws: &AwsClients, guard: &Arc<PauseGuard>, deadline: Instant) -> super::Result<Vec<(String, CallError)>> {
+async fn send_create_snapshots(
+    cx: &mut BackupRun<'_>,
+    aws: &AwsClients,
+    guard: &Arc<PauseGuard>,
+    deadline: Instant,
+) -> super::Result<Vec<(String, CallError)>> {
     let pending: Vec<InstancePlan> = cx.journal.record.instances_without_snapshots().into_iter().cloned().collect();
     if pending.is_empty() {
         return Ok(Vec::new());
@@ -248,7 +253,11 @@ async fn send_create_snapshots(cx: &mut BackupRun<'_>, aws: &AwsClients, guard: 
 
 /// Snapshots of this backup found by tag, recorded for the volumes that have none yet.
 async fn adopt_snapshots_by_tag(cx: &mut BackupRun<'_>, aws: &AwsClients) -> StepResult {
-    let found = aws.snapshots.find_snapshots_by_tag(TAG_BACKUP_UID, &cx.journal.uid()).await.map_err(|e| Failure::doing("looking up this backup's snapshots", &e))?;
+    let found = aws
+        .snapshots
+        .find_snapshots_by_tag(TAG_BACKUP_UID, &cx.journal.uid())
+        .await
+        .map_err(|e| Failure::doing("looking up this backup's snapshots", &e))?;
     let record = &cx.journal.record;
     let planned: BTreeSet<String> = record.plan.iter().flat_map(|p| p.instances.iter().flat_map(|i| i.volume_ids.clone())).collect();
     let adopt: Vec<_> = found

@@ -1,11 +1,11 @@
 //! Writing BR's `backupmeta` (`VolumeBackupSnapshotsCreated`), once every snapshot has started and PD
 //! is resumed. It is written only where this backup holds the prefix lock, and never over another one.
 
+use super::SNAPSHOT_PROGRESS_STEP;
 use super::meta::{self, MetaInputs};
 use super::ownership::{PrefixOwner, prefix_owner};
 use super::record::Failure;
 use super::run::{BackupRun, Outcome, StepResult, transient};
-use super::SNAPSHOT_PROGRESS_STEP;
 use crate::api::ConditionType;
 use crate::api::condition::{NewCondition, set_condition, set_progress};
 use crate::api::tidbcluster::ClusterFacts;
@@ -39,9 +39,11 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
         PrefixOwner::Us | PrefixOwner::Nobody => {}
     }
     let body = serde_json::to_vec(&backupmeta).expect("json");
-    let written = aws.meta.put_if_absent(meta::META_FILE, body).await.map_err(|e| {
-        transient(Failure::new(Reason::BackupMetaWriteFailed, format!("writing {location}/{}: {e}", meta::META_FILE)))
-    })?;
+    let written = aws
+        .meta
+        .put_if_absent(meta::META_FILE, body)
+        .await
+        .map_err(|e| transient(Failure::new(Reason::BackupMetaWriteFailed, format!("writing {location}/{}: {e}", meta::META_FILE))))?;
     if !written {
         // After a restart the object may be ours; anything else is someone else's backup.
         let existing = aws.meta.get(meta::META_FILE).await.ok().flatten().and_then(|b| serde_json::from_slice(&b).ok());
@@ -58,7 +60,11 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
             record.meta_written = true;
             record.transient = None;
             status.commit_ts = record.resolved_ts.map(|ts| ts.to_string());
-            set_condition(status, NewCondition::truthy(ConditionType::VolumeBackupSnapshotsCreated).because(Reason::SnapshotsCreated, message.clone()), now);
+            set_condition(
+                status,
+                NewCondition::truthy(ConditionType::VolumeBackupSnapshotsCreated).because(Reason::SnapshotsCreated, message.clone()),
+                now,
+            );
             set_progress(status, SNAPSHOT_PROGRESS_STEP, 0.0, now);
         })
         .await?;

@@ -10,9 +10,7 @@ use crate::pd::{Pd, PdError, SafepointUpdate};
 pub async fn apply_pause(pd: &dyn Pd, pause: &PauseRecord) -> Result<Option<SafepointUpdate>, PdError> {
     let ttl = pause.ttl_seconds;
     let schedulers = try_join_all(pause.schedulers.iter().map(|scheduler| pd.pause_scheduler(scheduler, ttl)));
-    let config = async {
-        if pause.paused_config.is_empty() { Ok(()) } else { pd.set_config_with_ttl(&pause.paused_config, ttl).await }
-    };
+    let config = async { if pause.paused_config.is_empty() { Ok(()) } else { pd.set_config_with_ttl(&pause.paused_config, ttl).await } };
     let safepoint = async {
         match pause.safepoint {
             Some(safepoint) => pd.update_service_safepoint(&pause.service_safepoint_id, ttl as i64, safepoint).await.map(Some),

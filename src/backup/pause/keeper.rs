@@ -14,22 +14,22 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kube::Resource;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::Resource;
 use tokio::task::JoinHandle;
 
+use super::apply::{apply_pause, undo_pause};
+use super::guard::PauseGuard;
+use crate::api::{Backup, ConditionType};
 use crate::backup::claim::ClusterClaim;
 use crate::backup::events::Publisher;
+use crate::backup::journal::unix_now;
 use crate::backup::record::{BackupRecord, PauseRecord, RECORD_ANNOTATION};
-use crate::api::{Backup, ConditionType};
 use crate::k8s::StatusWriter;
 use crate::k8s::lease::Fence;
 use crate::metrics::Metrics;
 use crate::pd::{Pd, PdError};
-use super::apply::{apply_pause, undo_pause};
-use super::guard::PauseGuard;
-use crate::backup::journal::unix_now;
 use crate::reason::Reason;
 
 /// Everything a keeper needs; built by the pause and snapshot steps.
@@ -55,7 +55,10 @@ pub struct KeeperJob {
 enum Wanted {
     Yes,
     /// Stop; resume PD unless someone already did.
-    No { why: &'static str, resume: bool },
+    No {
+        why: &'static str,
+        resume: bool,
+    },
     /// The API server could not say; keep the pause (within the window limit) and ask again.
     Unknown(kube::Error),
 }
@@ -147,7 +150,12 @@ impl KeeperJob {
                     Err(e) => {
                         if !failing {
                             // Said once per run of failures, on the Backup itself.
-                            self.warn(&format!("refreshing the PD pause failed ({e}); retrying every {}s, PD keeps the pause for {}s from the last refresh", retry.as_secs(), self.pause.ttl_seconds)).await;
+                            self.warn(&format!(
+                                "refreshing the PD pause failed ({e}); retrying every {}s, PD keeps the pause for {}s from the last refresh",
+                                retry.as_secs(),
+                                self.pause.ttl_seconds
+                            ))
+                            .await;
                         }
                         failing = true;
                         next_refresh = Instant::now() + retry;

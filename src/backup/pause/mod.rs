@@ -29,7 +29,8 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
     }
     let ttl = cx.ctx.settings.pause_ttl.as_secs().max(3);
     let store_count = cx.journal.record.plan.as_ref().map_or(1, |p| p.stores.len());
-    let (schedulers, config) = tokio::try_join!(pd.schedulers(), pd.schedule_config()).map_err(|e| Failure::doing("reading PD schedulers/config", &e))?;
+    let (schedulers, config) =
+        tokio::try_join!(pd.schedulers(), pd.schedule_config()).map_err(|e| Failure::doing("reading PD schedulers/config", &e))?;
     let schedulers: Vec<String> = schedulers.into_iter().filter(|s| SCHEDULERS_TO_PAUSE.contains(&s.as_str())).collect();
     let (paused_config, original_config) = pause_config_values(&config, store_count);
     // The TTLs start when PD takes the first pause call, so that is the time recorded.
@@ -52,12 +53,19 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
             // Decided from what the cache showed; the write may land on a newer record (a conflict retry
             // re-runs this on the stored one). A pause already taken is never redone: a second resolved ts
             // would not match the snapshots.
-            stale = record.pause.as_ref().is_some_and(|p| p.safepoint.is_some()) || record.all_snapshots_created() || record.resumed || record.failure.is_some();
+            stale = record.pause.as_ref().is_some_and(|p| p.safepoint.is_some())
+                || record.all_snapshots_created()
+                || record.resumed
+                || record.failure.is_some();
             if stale {
                 return;
             }
             record.pause = Some(intent.clone());
-            set_condition(status, NewCondition::truthy(ConditionType::Running).because(Reason::PausingScheduling, "pausing PD scheduling and GC"), now);
+            set_condition(
+                status,
+                NewCondition::truthy(ConditionType::Running).because(Reason::PausingScheduling, "pausing PD scheduling and GC"),
+                now,
+            );
         })
         .await?;
     if stale {
@@ -76,9 +84,13 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
         ts => return Err(Failure::new(Reason::MinResolvedTsNotEnabled, format!("PD's min resolved ts is not usable ({ts:?})")).into()),
     };
     let safepoint = resolved_ts - 1;
-    let update = pd.update_service_safepoint(&pause.service_safepoint_id, ttl as i64, safepoint).await.map_err(|e| Failure::doing("setting the service GC safepoint", &e))?;
+    let update = pd
+        .update_service_safepoint(&pause.service_safepoint_id, ttl as i64, safepoint)
+        .await
+        .map_err(|e| Failure::doing("setting the service GC safepoint", &e))?;
     if update.min_safe_point > safepoint {
-        let message = format!("PD's GC safepoint {} ({}) is already past the resolved ts {resolved_ts}", update.min_safe_point, update.min_service_id);
+        let message =
+            format!("PD's GC safepoint {} ({}) is already past the resolved ts {resolved_ts}", update.min_safe_point, update.min_service_id);
         return Err(Failure::new(Reason::GCSafepointAhead, message).into());
     }
     crate::crash_point!("pause.after-safepoint");

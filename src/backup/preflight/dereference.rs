@@ -37,8 +37,12 @@ async fn read(cx: &mut BackupRun<'_>, namespace: String, cluster: String, facts:
     let location = aws.meta.location();
     let bucket_error = aws.meta.check_bucket().await.err().map(|e| e.to_string());
     let meta_exists = bucket_error.is_none() && aws.meta.exists(meta::META_FILE).await?;
-    let volume_ids: Vec<String> =
-        volumes.tikv.iter().flat_map(|s| s.volumes.iter().map(|v| v.volume_id.clone())).chain(volumes.pd.iter().map(|v| v.volume_id.clone())).collect();
+    let volume_ids: Vec<String> = volumes
+        .tikv
+        .iter()
+        .flat_map(|s| s.volumes.iter().map(|v| v.volume_id.clone()))
+        .chain(volumes.pd.iter().map(|v| v.volume_id.clone()))
+        .collect();
     let described = if bucket_error.is_none() { aws.snapshots.describe_volumes(&volume_ids).await? } else { Vec::new() };
     let pending_snapshots = if bucket_error.is_none() { aws.snapshots.pending_snapshots().await?.len() } else { 0 };
     let mut view = ClusterView {

@@ -11,13 +11,13 @@ use kube::ResourceExt;
 use kube::api::Api;
 
 use super::claim::Claim;
-use validate::Room;
 use super::run::{BackupRun, Outcome, StepError, StepResult};
 use super::{cleanup, ownership, queue};
 use crate::api::condition::{NewCondition, set_condition};
 use crate::api::{Backup, ConditionType};
 use crate::backup::record::Failure;
 use crate::reason::Reason;
+use validate::Room;
 
 /// How often a backup waiting for room in the pending-snapshot quota looks again.
 const QUOTA_POLL: Duration = Duration::from_secs(15);

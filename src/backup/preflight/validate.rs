@@ -62,7 +62,10 @@ pub fn tidbcluster(namespace: &str, cluster: &str, facts: Option<&ClusterFacts>)
 /// The snapshot plan, if the cluster can be backed up as it is.
 pub fn plan(view: ClusterView) -> Result<SnapshotPlan, Failure> {
     if !version_at_least(&view.version, MIN_CLUSTER_VERSION) {
-        return Err(Failure::new(Reason::ClusterVersionTooOld, format!("cluster version {} is below 6.3.0, the first with EBS snapshot backup", view.version)));
+        return Err(Failure::new(
+            Reason::ClusterVersionTooOld,
+            format!("cluster version {} is below 6.3.0, the first with EBS snapshot backup", view.version),
+        ));
     }
     stores(&view)?;
     if let Some(e) = &view.bucket_error {
@@ -103,11 +106,15 @@ pub enum Room {
 pub fn room_for_snapshots(plan: &SnapshotPlan, pending: usize, limit: usize) -> Room {
     let wanted: usize = plan.instances.iter().map(|i| i.volume_ids.len()).sum();
     if wanted > limit {
-        let message = format!("this backup takes {wanted} snapshots at once, more than the Region's pending-snapshot limit {limit} (--pending-snapshot-limit; raise the AWS quota first)");
+        let message = format!(
+            "this backup takes {wanted} snapshots at once, more than the Region's pending-snapshot limit {limit} (--pending-snapshot-limit; raise the AWS quota first)"
+        );
         return Room::Never(Failure::new(Reason::SnapshotQuotaExceeded, message));
     }
     if pending + wanted > limit {
-        return Room::Wait(format!("waiting for pending snapshots to complete: {pending} pending + {wanted} for this backup would exceed the Region's limit {limit}"));
+        return Room::Wait(format!(
+            "waiting for pending snapshots to complete: {pending} pending + {wanted} for this backup would exceed the Region's limit {limit}"
+        ));
     }
     Room::Fits
 }
@@ -125,10 +132,16 @@ fn stores(view: &ClusterView) -> Result<(), Failure> {
     let live: Vec<_> = view.stores.iter().filter(|s| s.state_name != "Tombstone").collect();
     for store in &view.volumes.tikv {
         let Some(pd_store) = live.iter().find(|s| s.id == store.store_id) else {
-            return Err(Failure::new(Reason::StoreMismatch, format!("pod {} is labelled store {}, which PD does not know", store.pod, store.store_id)));
+            return Err(Failure::new(
+                Reason::StoreMismatch,
+                format!("pod {} is labelled store {}, which PD does not know", store.pod, store.store_id),
+            ));
         };
         if !pd_store.address.starts_with(&format!("{}.", store.pod)) {
-            return Err(Failure::new(Reason::StoreMismatch, format!("PD store {} is at {}, not pod {}", store.store_id, pd_store.address, store.pod)));
+            return Err(Failure::new(
+                Reason::StoreMismatch,
+                format!("PD store {} is at {}, not pod {}", store.store_id, pd_store.address, store.pod),
+            ));
         }
         if pd_store.state_name != "Up" {
             return Err(Failure::new(Reason::StoreNotUp, format!("TiKV store {} ({}) is {}", store.store_id, store.pod, pd_store.state_name)));

@@ -44,7 +44,11 @@ fn view() -> ClusterView {
         meta_exists: false,
         described: vec![ec2("vol-1", Some("i-1")), ec2("vol-2", Some("i-1")), ec2("vol-3", Some("i-2")), ec2("vol-pd", Some("i-3"))],
         pending_snapshots: 0,
-        attached: [("i-1".to_string(), vec!["vol-root".into(), "vol-1".into(), "vol-2".into()]), ("i-2".to_string(), vec!["vol-3".into(), "vol-other".into()])].into(),
+        attached: [
+            ("i-1".to_string(), vec!["vol-root".into(), "vol-1".into(), "vol-2".into()]),
+            ("i-2".to_string(), vec!["vol-3".into(), "vol-other".into()]),
+        ]
+        .into(),
     }
 }
 
@@ -52,8 +56,14 @@ fn view() -> ClusterView {
 fn a_healthy_cluster_is_planned_one_call_per_instance_excluding_other_volumes() {
     let plan = plan(view()).expect("plan");
     assert_eq!(plan.instances.len(), 2);
-    assert_eq!(plan.instances[0], InstancePlan { instance_id: "i-1".into(), volume_ids: vec!["vol-1".into(), "vol-2".into()], exclude_volume_ids: vec!["vol-root".into()] });
-    assert_eq!(plan.instances[1], InstancePlan { instance_id: "i-2".into(), volume_ids: vec!["vol-3".into()], exclude_volume_ids: vec!["vol-other".into()] });
+    assert_eq!(
+        plan.instances[0],
+        InstancePlan { instance_id: "i-1".into(), volume_ids: vec!["vol-1".into(), "vol-2".into()], exclude_volume_ids: vec!["vol-root".into()] }
+    );
+    assert_eq!(
+        plan.instances[1],
+        InstancePlan { instance_id: "i-2".into(), volume_ids: vec!["vol-3".into()], exclude_volume_ids: vec!["vol-other".into()] }
+    );
     assert_eq!(plan.volume_az.keys().collect::<Vec<_>>(), ["vol-1", "vol-2", "vol-3"], "PD volumes are not snapshotted");
     assert_eq!(view().tikv_instances(), ["i-1".to_string(), "i-2".to_string()].into());
 }
@@ -89,7 +99,13 @@ fn each_rule_names_its_reason() {
 #[test]
 fn a_store_of_another_cluster_is_not_ours_to_match() {
     let mut v = view();
-    v.stores.push(Store { id: 7, address: "other-tikv-0.other-tikv-peer.ns.svc:20160".into(), state_name: "Up".into(), version: "8.5.5".into(), labels: vec![] });
+    v.stores.push(Store {
+        id: 7,
+        address: "other-tikv-0.other-tikv-peer.ns.svc:20160".into(),
+        state_name: "Up".into(),
+        version: "8.5.5".into(),
+        labels: vec![],
+    });
     assert!(plan(v).is_ok());
 }
 

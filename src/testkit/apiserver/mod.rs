@@ -24,10 +24,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::faults::{FaultPlan, Times};
-pub use patch::merge as merge_patch;
-use route::{Target, query_param};
 use error::ApiError;
 use patch::PatchKind;
+pub use patch::merge as merge_patch;
+use route::{Target, query_param};
 use store::Objects;
 
 /// What a request does, as RBAC and the fault plans name it.
@@ -224,7 +224,9 @@ impl FakeApiServer {
                 objects.patch(target, name, kind, body()?)
             }
             Verb::Delete => objects.delete(target, name, &body().unwrap_or(json!({}))),
-            Verb::Watch | Verb::DeleteCollection => Err(ApiError::new(405, "MethodNotAllowed", format!("{verb:?} is not supported by the fake API server"))),
+            Verb::Watch | Verb::DeleteCollection => {
+                Err(ApiError::new(405, "MethodNotAllowed", format!("{verb:?} is not supported by the fake API server")))
+            }
         }
     }
 }

@@ -117,7 +117,10 @@ mod tests {
         let t = Target::parse("/api/v1/namespaces/tidb/pods/basic-tikv-0").unwrap();
         assert_eq!((t.resource.as_str(), t.namespace.as_deref(), t.name.as_deref()), ("/api/v1/pods", Some("tidb"), Some("basic-tikv-0")));
         let t = Target::parse("/apis/pingcap.com/v1alpha1/namespaces/tidb/backups/b/status").unwrap();
-        assert_eq!((t.api_version.as_str(), t.subresource.as_deref(), t.qualified()), ("pingcap.com/v1alpha1", Some("status"), "backups.pingcap.com".into()));
+        assert_eq!(
+            (t.api_version.as_str(), t.subresource.as_deref(), t.qualified()),
+            ("pingcap.com/v1alpha1", Some("status"), "backups.pingcap.com".into())
+        );
         let t = Target::parse("/api/v1/persistentvolumes").unwrap();
         assert_eq!((t.namespace, t.name), (None, None));
         assert!(Target::parse("/version").is_none());

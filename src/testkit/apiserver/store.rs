@@ -226,7 +226,10 @@ impl Objects {
             if let Some(expected) = options["preconditions"][field].as_str()
                 && Some(expected) != str_at(&old, field)
             {
-                let why = format!("Precondition failed: {label} in precondition: {expected}, {label} in object meta: {}", str_at(&old, field).unwrap_or_default());
+                let why = format!(
+                    "Precondition failed: {label} in precondition: {expected}, {label} in object meta: {}",
+                    str_at(&old, field).unwrap_or_default()
+                );
                 return Err(ApiError::conflict(t, name, &why));
             }
         }
@@ -252,7 +255,11 @@ impl Objects {
                 put(meta(&mut new), field, old["metadata"].get(field));
             }
             if str_at(old, "deletionTimestamp").is_some() && !finalizers(&new).is_subset(&finalizers(old)) {
-                return Err(ApiError::new(422, "Invalid", "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted"));
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted",
+                ));
             }
             if body(old) != body(&new) {
                 let generation = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;

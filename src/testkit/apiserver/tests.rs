@@ -161,7 +161,10 @@ async fn json_patches_token_requests_and_events() {
     let client = server.client();
     server.insert(&config_map("c", json!({})));
     let body = serde_json::to_vec(&json!([{"op": "add", "path": "/data/j", "value": "1"}])).unwrap();
-    let request = http::Request::patch("/api/v1/namespaces/ns/configmaps/c").header("content-type", "application/json-patch+json").body(body).unwrap();
+    let request = http::Request::patch("/api/v1/namespaces/ns/configmaps/c")
+        .header("content-type", "application/json-patch+json")
+        .body(body)
+        .unwrap();
     let patched: ConfigMap = client.request(request).await.unwrap();
     assert_eq!(patched.data.unwrap()["j"], "1");
 

@@ -37,9 +37,11 @@ impl Operation for Ec2Method {
             Self::DescribeVolumes => "DescribeVolumes",
             Self::InstanceVolumes => "DescribeInstances",
             Self::CreateSnapshots => "CreateSnapshots",
-            Self::DescribeSnapshots | Self::FindSnapshotsByTag | Self::FindSnapshotsWithTagKey | Self::CompletedSnapshotsOfVolume | Self::PendingSnapshots => {
-                "DescribeSnapshots"
-            }
+            Self::DescribeSnapshots
+            | Self::FindSnapshotsByTag
+            | Self::FindSnapshotsWithTagKey
+            | Self::CompletedSnapshotsOfVolume
+            | Self::PendingSnapshots => "DescribeSnapshots",
             Self::DeleteSnapshot => "DeleteSnapshot",
             Self::SnapshotBlockBytes => "ListSnapshotBlocks",
             Self::ChangedBlockBytes => "ListChangedBlocks",
@@ -125,7 +127,8 @@ impl FakeSnapshots {
     pub fn add_instance(&self, instance_id: &str, availability_zone: &str) -> String {
         let mut ec2 = self.lock();
         let root = ec2.new_id("vol");
-        let info = VolumeInfo { volume_id: root.clone(), availability_zone: availability_zone.into(), size_gib: 8, instance_id: Some(instance_id.into()) };
+        let info =
+            VolumeInfo { volume_id: root.clone(), availability_zone: availability_zone.into(), size_gib: 8, instance_id: Some(instance_id.into()) };
         ec2.volumes.insert(root.clone(), Volume { info, tags: Vec::new(), written_bytes: GIB });
         ec2.instances.insert(instance_id.into(), root.clone());
         root
@@ -134,7 +137,12 @@ impl FakeSnapshots {
     /// A new data volume, attached to `instance_id` if given, with 1 GiB written; returns its id.
     pub fn create_volume(&self, availability_zone: &str, size_gib: i64, instance_id: Option<&str>, tags: &[(&str, &str)]) -> String {
         let volume_id = self.lock().new_id("vol");
-        let info = VolumeInfo { volume_id: volume_id.clone(), availability_zone: availability_zone.into(), size_gib, instance_id: instance_id.map(String::from) };
+        let info = VolumeInfo {
+            volume_id: volume_id.clone(),
+            availability_zone: availability_zone.into(),
+            size_gib,
+            instance_id: instance_id.map(String::from),
+        };
         self.add_volume(info, tags);
         volume_id
     }
@@ -233,7 +241,9 @@ impl Snapshots for FakeSnapshots {
         let volumes: Vec<String> = ec2
             .volumes
             .values()
-            .filter(|v| v.info.instance_id.as_deref() == Some(instance_id) && v.info.volume_id != root && !exclude_volume_ids.contains(&v.info.volume_id))
+            .filter(|v| {
+                v.info.instance_id.as_deref() == Some(instance_id) && v.info.volume_id != root && !exclude_volume_ids.contains(&v.info.volume_id)
+            })
             .map(|v| v.info.volume_id.clone())
             .collect();
         let created = volumes
@@ -292,7 +302,8 @@ impl Snapshots for FakeSnapshots {
     async fn snapshot_block_bytes(&self, snapshot_id: &str) -> Result<u64> {
         let lost = self.gate.enter(Ec2Method::SnapshotBlockBytes, snapshot_id.into()).await?;
         let bytes = self.lock().snapshots.get(snapshot_id).map(|s| s.bytes);
-        let bytes = bytes.ok_or_else(|| service_error("ListSnapshotBlocks", "ResourceNotFoundException", format!("snapshot {snapshot_id} not found")))?;
+        let bytes =
+            bytes.ok_or_else(|| service_error("ListSnapshotBlocks", "ResourceNotFoundException", format!("snapshot {snapshot_id} not found")))?;
         answer(lost, bytes)
     }
 

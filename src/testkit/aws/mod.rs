@@ -108,7 +108,9 @@ impl<M: Operation> Gate<M> {
                 })
             }
             Some(AwsFault::Unreachable) => Err(AwsError::Transport { operation, message: "fake AWS: connection refused".into() }),
-            Some(AwsFault::Ambiguous) => Ok(Some(AwsError::Transport { operation, message: "fake AWS: the answer was lost after the call took effect".into() })),
+            Some(AwsFault::Ambiguous) => {
+                Ok(Some(AwsError::Transport { operation, message: "fake AWS: the answer was lost after the call took effect".into() }))
+            }
         }
     }
 }

@@ -66,7 +66,10 @@ impl State {
     /// The lowest service safepoint (gc_worker's counts, and never expires), leaving out `except`.
     pub fn min_safepoint(&self, except: Option<&str>) -> (String, u64) {
         let others = self.safepoints.iter().filter(|(id, _)| Some(id.as_str()) != except).map(|(id, (sp, _))| (id.clone(), *sp));
-        std::iter::once((GC_WORKER.to_string(), self.gc_safe_point)).chain(others).min_by_key(|(_, sp)| *sp).expect("gc_worker is always there")
+        std::iter::once((GC_WORKER.to_string(), self.gc_safe_point))
+            .chain(others)
+            .min_by_key(|(_, sp)| *sp)
+            .expect("gc_worker is always there")
     }
 }
 

@@ -1,5 +1,5 @@
-use crate::reason::Reasoned;
 use super::*;
+use crate::reason::Reasoned;
 
 fn store(id: u64, labels: &[(&str, &str)]) -> Store {
     Store {

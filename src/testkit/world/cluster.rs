@@ -161,7 +161,8 @@ fn seed_pod(api: &FakeApiServer, namespace: &str, cluster: &str, component: &str
         .expect("PV");
         api.insert(&volume);
     }
-    let pod_volumes: Vec<Value> = volumes.iter().map(|v| json!({"name": v.name, "persistentVolumeClaim": {"claimName": format!("{}-{pod}", v.name)}})).collect();
+    let pod_volumes: Vec<Value> =
+        volumes.iter().map(|v| json!({"name": v.name, "persistentVolumeClaim": {"claimName": format!("{}-{pod}", v.name)}})).collect();
     let mounts: Vec<Value> = volumes.iter().map(|v| json!({"name": v.name, "mountPath": v.mount_path})).collect();
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": pod, "namespace": namespace, "labels": labels},

@@ -77,7 +77,10 @@ pub enum Pass {
     Requeue(Duration),
     AwaitChange,
     /// `reconcile` failed; `requeue` is what `error_policy` decided.
-    Failed { error: String, requeue: Option<Duration> },
+    Failed {
+        error: String,
+        requeue: Option<Duration>,
+    },
     /// The Backup does not exist (any more).
     Gone,
 }
@@ -193,7 +196,8 @@ impl World {
 
     /// A ServiceAccount with an IRSA role, for `spec.serviceAccount`.
     pub fn seed_service_account(&self, name: &str, role_arn: &str) {
-        let account = json!({"metadata": {"name": name, "namespace": self.cluster.namespace, "annotations": {"eks.amazonaws.com/role-arn": role_arn}}});
+        let account =
+            json!({"metadata": {"name": name, "namespace": self.cluster.namespace, "annotations": {"eks.amazonaws.com/role-arn": role_arn}}});
         self.api.insert::<ServiceAccount>(&serde_json::from_value(account).expect("a ServiceAccount"));
     }
 

@@ -19,4 +19,5 @@ mod rbac_rules;
 mod safety;
 mod stack;
 mod status_subresource;
+mod throttle;
 mod tls;

@@ -19,9 +19,6 @@ use crate::backup::record::Failure;
 use crate::reason::Reason;
 use validate::Room;
 
-/// How often a backup waiting for room in the pending-snapshot quota looks again.
-const QUOTA_POLL: Duration = Duration::from_secs(15);
-
 pub async fn schedule(cx: &mut BackupRun<'_>) -> StepResult {
     if cleanup::needs_finalizer(&cx.journal.backup) {
         cx.journal.set_finalizer(true).await?;
@@ -75,7 +72,8 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
         Room::Never(failure) => return Err(failure.into()),
         Room::Wait(message) => {
             cx.journal.condition(NewCondition::truthy(ConditionType::Scheduled).because(Reason::PendingSnapshotQuota, message)).await?;
-            return Ok(Outcome::Requeue(QUOTA_POLL));
+            // Looked at again as often as snapshots are polled: room appears as they complete.
+            return Ok(Outcome::Requeue(cx.ctx.settings.poll_interval));
         }
     }
     // Last, once every check has passed: the prefix is claimed only by a backup that goes ahead.

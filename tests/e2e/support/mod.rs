@@ -43,9 +43,14 @@ pub use fixture::TidbClusterFixture;
 /// See the module comment: exclusive tests run alone, shared ones alongside each other.
 static STACK_LOCK: RwLock<()> = RwLock::const_new(());
 
-/// Holds the stack for this test alone until dropped.
+/// Holds the stack for this test alone until dropped. The test starts from no faults and no AWS limits,
+/// whatever an earlier (perhaps failed) test left.
 pub async fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    STACK_LOCK.write().await
+    let guard = STACK_LOCK.write().await;
+    let emulator = Stack::get().emulator();
+    emulator.clear_faults().await;
+    emulator.post("/limits", &serde_json::json!({"enabled": false})).await;
+    guard
 }
 
 /// Keeps exclusive tests away until dropped.

@@ -511,3 +511,19 @@ def test_latency_control_errors(endpoint):
         with pytest.raises(urllib.error.HTTPError) as e:
             ctl(endpoint, "POST", "/_emulator/latency", body)
         assert e.value.code == 400, body
+
+
+def test_tags_read_per_resource(ec2):
+    """Each resource's own tags come from a direct look-up (emulator.py); filters with wildcards still scan."""
+    vols = [ec2.create_volume(Size=1, AvailabilityZone="us-east-1a", TagSpecifications=[
+        {"ResourceType": "volume", "Tags": [{"Key": "n", "Value": str(i)}, {"Key": "k", "Value": "v"}]}])["VolumeId"]
+        for i in range(5)]
+    seen = {v["VolumeId"]: {t["Key"]: t["Value"] for t in v["Tags"]} for v in ec2.describe_volumes()["Volumes"]}
+    assert seen == {v: {"n": str(i), "k": "v"} for i, v in enumerate(vols)}
+    snap = ec2.create_snapshot(VolumeId=vols[2], TagSpecifications=[
+        {"ResourceType": "snapshot", "Tags": [{"Key": "s", "Value": "1"}]}])
+    assert snap["Tags"] == [{"Key": "s", "Value": "1"}]
+    one = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [vols[0]]}])["Tags"]
+    assert sorted((t["Key"], t["Value"], t["ResourceType"]) for t in one) == [("k", "v", "volume"), ("n", "0", "volume")]
+    assert len(ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": ["vol-*"]}])["Tags"]) == 10
+    assert len(ec2.describe_tags(Filters=[{"Name": "key", "Values": ["n"]}])["Tags"]) == 5

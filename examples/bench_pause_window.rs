@@ -19,9 +19,10 @@
 //! Environment: `BENCH_SIZES` (default `3,30,100,300`), `BENCH_LATENCIES_MS` (`0,1000`), `BENCH_ROUNDS` (1),
 //! `BENCH_RECORD` (`300x3`; `none` to skip), `BENCH_BUCKET` (`100,5`: burst, refill per second, as the
 //! operator's `--create-snapshots-burst`/`--create-snapshots-refill-per-second` defaults), `BENCH_BR_CONCURRENCY`
-//! (8), `BENCH_OPERATOR_ARGS` (extra flags for "ours", space-separated), `OPERATOR_BIN`, `BENCH_OPERATOR_BUILD`
-//! (what the binary is, for the header). Needs the local stack (`scripts/bench pause` starts one). Prints; asserts
-//! nothing.
+//! (8), `BENCH_OPERATOR_ARGS` (extra flags for "ours", space-separated), `BENCH_AWS_BUCKET` (`on`: the emulator
+//! enforces `BENCH_BUCKET` on CreateSnapshots, full at the start of each run; `off`), `BENCH_STALL_SECONDS` (90:
+//! a Backup unchanged this long counts as stuck), `OPERATOR_BIN`, `BENCH_OPERATOR_BUILD` (what the binary is, for
+//! the header). Needs the local stack (`scripts/bench pause` starts one). Prints; asserts nothing.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -50,6 +51,8 @@ struct Config {
     bucket: (usize, f64),
     br_concurrency: String,
     ours_args: Vec<String>,
+    /// The emulator enforces `bucket` on CreateSnapshots (RequestLimitExceeded beyond it), as AWS does.
+    aws_bucket: bool,
 }
 
 impl Config {
@@ -80,6 +83,7 @@ impl Config {
             bucket: (burst.trim().parse().expect("bucket burst"), refill.trim().parse().expect("bucket refill")),
             br_concurrency: var("BENCH_BR_CONCURRENCY", "8"),
             ours_args: var("BENCH_OPERATOR_ARGS", "").split_whitespace().map(String::from).collect(),
+            aws_bucket: var("BENCH_AWS_BUCKET", "on") != "off",
         }
     }
 }
@@ -190,6 +194,8 @@ struct Run {
     annotation_bytes: usize,
     /// Why the backup did not complete (Failed, or stalled), if it did not.
     failure: Option<String>,
+    /// CreateSnapshots calls the emulator answered with RequestLimitExceeded during the run.
+    throttled: usize,
 }
 
 impl Run {
@@ -227,17 +233,20 @@ async fn backup_run(scene: &Scene, name: &str, extra_args: &[String]) -> Result<
     let watch = watch_pd(&stack.pd_url);
     let api = scene.api();
     let log = stack.workdir.join(format!("bench-{}-{name}.log", scene.namespace));
+    let since = epoch_seconds();
     let start = Instant::now();
     scene.apply(&scene.backup_yaml(name, json!({"s3": {"secretName": "keys"}}), json!({}))).await;
-    let (mut last_version, mut changed_at, mut last) = (String::new(), Instant::now(), None);
+    let (mut last_state, mut changed_at, mut last) = (String::new(), Instant::now(), None);
     let failure = loop {
         if let Ok(backup) = api.get(name).await {
-            let version = backup.metadata.resource_version.clone().unwrap_or_default();
-            if version != last_version {
-                (last_version, changed_at) = (version, Instant::now());
-            }
             let phase = backup.phase().cloned();
             let why = backup.status.as_ref().and_then(|s| s.conditions.last()).map(|c| format!("{}: {}", c.reason.as_deref().unwrap_or(""), c.message.as_deref().unwrap_or("")));
+            // Progress is a change of the record or of what the conditions say (a write that only bumps the
+            // resourceVersion, e.g. a status retry, is not progress).
+            let state = format!("{phase:?} {why:?} {:?}", backup.annotations().get(RECORD_ANNOTATION));
+            if state != last_state {
+                (last_state, changed_at) = (state, Instant::now());
+            }
             last = Some(backup);
             match phase {
                 Some(ConditionType::Complete) => break None,
@@ -247,7 +256,7 @@ async fn backup_run(scene: &Scene, name: &str, extra_args: &[String]) -> Result<
         }
         if changed_at.elapsed() > stall_limit() {
             let warning = last_warning(&log).unwrap_or_default();
-            break Some(format!("stalled: the Backup has not changed for {} s; the operator's last warning: {warning}", stall_limit().as_secs()));
+            break Some(format!("stalled: neither the record nor the conditions changed for {} s; the operator's last warning: {warning}", stall_limit().as_secs()));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -268,6 +277,11 @@ async fn backup_run(scene: &Scene, name: &str, extra_args: &[String]) -> Result<
         release_claim(scene).await;
     }
     let annotations = last.as_ref().map(|b| b.annotations().clone()).unwrap_or_default();
+    let throttled = stack
+        .emulator()
+        .requests_where(&[("action", "CreateSnapshots".into()), ("error_code", "RequestLimitExceeded".into()), ("since", format!("{since:.3}"))])
+        .await
+        .len();
     Ok(Run {
         seen,
         to_complete,
@@ -275,7 +289,12 @@ async fn backup_run(scene: &Scene, name: &str, extra_args: &[String]) -> Result<
         record_bytes: annotations.get(RECORD_ANNOTATION).map_or(0, String::len),
         annotation_bytes: annotations.iter().map(|(k, v)| k.len() + v.len()).sum(),
         failure,
+        throttled,
     })
+}
+
+fn epoch_seconds() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// How long a Backup may stay unchanged before the run counts as stuck (`BENCH_STALL_SECONDS`, default 90).
@@ -406,12 +425,12 @@ struct Row<'a> {
 
 fn print_header(bucket: (usize, f64)) {
     println!(
-        "{:>9} {:>7} | {:>9} {:>9} {:>19} {:>6} | {:>9} {:>6} | {:>14} | {:>8} | {:>9} {:>9}",
-        "stores×vol", "latency", "window", "floor", "= calls + PD", "ratio", "BR-like", "ratio", "peak RSS MiB", "record", "to Compl.", "PD polls"
+        "{:>9} {:>7} | {:>9} {:>9} {:>19} {:>6} | {:>9} {:>6} | {:>14} | {:>8} | {:>9} {:>9} | {:>7}",
+        "stores×vol", "latency", "window", "floor", "= calls + PD", "ratio", "BR-like", "ratio", "peak RSS MiB", "record", "to Compl.", "PD polls", "thr"
     );
     println!(
-        "{:>9} {:>7} | {:>9} {:>9} {:>19} {:>6} | {:>9} {:>6} | {:>14} | {:>8} | {:>9} {:>9}",
-        "", "ms", "ms", "ms", format!("(bucket {}+{}/s)", bucket.0, bucket.1), "", "ms", "", "ours / BR", "bytes", "s ours", "gap ms"
+        "{:>9} {:>7} | {:>9} {:>9} {:>19} {:>6} | {:>9} {:>6} | {:>14} | {:>8} | {:>9} {:>9} | {:>7}",
+        "", "ms", "ms", "ms", format!("(bucket {}+{}/s)", bucket.0, bucket.1), "", "ms", "", "ours / BR", "bytes", "s ours", "gap ms", "ours/BR"
     );
 }
 
@@ -426,8 +445,9 @@ fn print_row(r: &Row) {
     let parts = format!("{:.0}{} + {pd_calls}×{:.1}", ms(calls), if r.calls.1.is_some() { "b" } else { "" }, ms(r.pd_rtt));
     let rss = |run: &Result<Run, String>| run.as_ref().map_or("—".to_string(), |x| format!("{:.1}", x.peak_rss_kib as f64 / 1024.0));
     let ours = r.ours.as_ref().ok();
+    let thr = |run: &Result<Run, String>| run.as_ref().map_or("—".to_string(), |x| x.throttled.to_string());
     println!(
-        "{:>9} {:>7} | {:>9} {:>9.0} {:>19} {:>6} | {:>9} {:>6} | {:>14} | {:>8} | {:>9} {:>9}",
+        "{:>9} {:>7} | {:>9} {:>9.0} {:>19} {:>6} | {:>9} {:>6} | {:>14} | {:>8} | {:>9} {:>9} | {:>7}",
         format!("{}×{}", r.stores, r.volumes),
         r.latency_ms,
         fmt_ms(window(r.ours)),
@@ -440,6 +460,7 @@ fn print_row(r: &Row) {
         ours.map_or("—".to_string(), |x| x.record_bytes.to_string()),
         ours.map_or("—".to_string(), |x| format!("{:.1}", x.to_complete.as_secs_f64())),
         ours.map_or("—".to_string(), |x| format!("{}/{:.0}", x.seen.polls, ms(x.seen.max_gap))),
+        format!("{}/{}", thr(r.ours), thr(r.br)),
     );
     if r.calls.1.is_some() {
         println!("{:>19}   (all {} calls at once, no bucket: {:.0} ms)", "", r.stores, ms(r.calls.0));
@@ -465,6 +486,19 @@ async fn set_latency(stack: &Stack, latency_ms: u64) {
     }
 }
 
+/// With `bucket`, the emulator's limits are on with only a CreateSnapshots token bucket (every other bucket
+/// removed, no per-volume interval, no pending quota); it starts full now. `None` turns the bucket off.
+async fn aws_bucket(stack: &Stack, bucket: Option<(usize, f64)>) {
+    let emulator = stack.emulator();
+    let create = bucket.map_or(Value::Null, |(burst, refill)| json!({"burst": burst, "refill_per_second": refill}));
+    let mut buckets: serde_json::Map<String, Value> =
+        emulator.limits().await["buckets"].as_object().map(|b| b.keys().map(|k| (k.clone(), Value::Null)).collect()).unwrap_or_default();
+    buckets.insert("CreateSnapshots".into(), create);
+    let limits = json!({"enabled": bucket.is_some(), "snapshot_interval_seconds": 0, "max_pending_per_volume": 1_000_000,
+                        "max_pending_per_region": 1_000_000, "buckets": buckets});
+    emulator.set_limits(limits).await;
+}
+
 async fn fresh_scene(stack: &Stack, prefix: &str, stores: usize, volumes: usize) -> Scene {
     // A fresh moto per size: its listings slow down with thousands of snapshots.
     stack.emulator().reset().await;
@@ -483,11 +517,22 @@ async fn main() {
     let ours_args = config.ours_args.clone();
     let br_args = vec!["--snapshot-concurrency".to_string(), config.br_concurrency.clone()];
     println!("operator: {} ({})", std::env::var("OPERATOR_BIN").unwrap_or_default(), std::env::var("BENCH_OPERATOR_BUILD").unwrap_or_else(|_| "build unknown".into()));
-    println!("ours: default flags {ours_args:?}; BR-like: {br_args:?}");
+    let help = std::env::var("OPERATOR_BIN").ok().and_then(|bin| std::process::Command::new(bin).arg("--help").output().ok());
+    let help = help.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let flags: Vec<&str> = ["--snapshot-concurrency", "--create-snapshots-burst", "--create-snapshots-refill-per-second"].into_iter().filter(|f| help.contains(f)).collect();
+    println!("ours: default flags {ours_args:?}; BR-like: {br_args:?}; the binary has {flags:?}");
     println!("PD: {} ({}); AWS: moto emulator, CreateSnapshots latency injected with /_emulator/latency", stack.pd_url, stack.vars.get("PD_IMPL").map_or("real", String::as_str));
     println!(
         "floor = the same CreateSnapshots calls sent at once by a minimal client (\"b\": paced by the token bucket, when the calls exceed its burst) + PD round trip × (2k+3) PD calls, k = schedulers paused"
     );
+    if config.aws_bucket {
+        println!(
+            "the emulator enforces a CreateSnapshots token bucket of {} + {}/s as AWS does (RequestLimitExceeded beyond it), full at the start of each run; \"thr\" = such answers in the run",
+            config.bucket.0, config.bucket.1
+        );
+    } else {
+        println!("the emulator enforces no request limit (BENCH_AWS_BUCKET=off)");
+    }
     println!("record = the Backup's {RECORD_ANNOTATION} annotation after Complete; load average at start: {}", load_average());
     println!();
     print_header(config.bucket);
@@ -500,19 +545,29 @@ async fn main() {
             for round in 0..config.rounds {
                 set_latency(stack, latency_ms).await;
                 let pd_rtt = pd_round_trip(&stack.pd_url).await;
+                // Each run starts with a full bucket.
+                let enforced = config.aws_bucket.then_some(config.bucket);
+                aws_bucket(stack, enforced).await;
                 let ours = backup_run(&scene, &format!("ours-{latency_ms}ms-{round}"), &ours_args).await;
                 delete_all_snapshots(&ec2).await;
+                aws_bucket(stack, enforced).await;
                 let br = backup_run(&scene, &format!("br-{latency_ms}ms-{round}"), &br_args).await;
                 delete_all_snapshots(&ec2).await;
+                // All at once is the floor only within the burst; beyond it, it is what AWS would allow
+                // without a bucket, measured with the emulator's bucket off.
+                let beyond_burst = stores > config.bucket.0;
+                aws_bucket(stack, enforced.filter(|_| !beyond_burst)).await;
                 let (at_once, _) = floor_calls(&scene, &ec2, None).await;
                 delete_all_snapshots(&ec2).await;
-                let paced = if stores > config.bucket.0 {
+                let paced = if beyond_burst {
+                    aws_bucket(stack, enforced).await;
                     let (paced, _) = floor_calls(&scene, &ec2, Some(config.bucket)).await;
                     delete_all_snapshots(&ec2).await;
                     Some(paced)
                 } else {
                     None
                 };
+                aws_bucket(stack, None).await;
                 print_row(&Row { stores, volumes: 2, latency_ms, ours: &ours, br: &br, calls: (at_once, paced), pd_rtt });
             }
         }
@@ -529,7 +584,10 @@ async fn main() {
         let start = Instant::now();
         let scene = fresh_scene(stack, &format!("bench-rec-{stores}x{volumes}"), stores, volumes).await;
         let fixture_time = start.elapsed();
-        match backup_run(&scene, "record", &ours_args).await {
+        aws_bucket(stack, config.aws_bucket.then_some(config.bucket)).await;
+        let run = backup_run(&scene, "record", &ours_args).await;
+        aws_bucket(stack, None).await;
+        match run {
             Ok(run) => println!(
                 "record at {stores} stores × {volumes} volumes{}: {} bytes; all annotations {} bytes of {ANNOTATION_LIMIT} ({:.0}%); peak RSS {:.1} MiB; pause window {}; fixture {:.0} s, backup {:.0} s",
                 run.failure.as_ref().map_or(String::new(), |why| format!(" — NOT COMPLETE, {why}; record as last stored")),

@@ -21,8 +21,9 @@
 //! operator's `--create-snapshots-burst`/`--create-snapshots-refill-per-second` defaults), `BENCH_BR_CONCURRENCY`
 //! (8), `BENCH_OPERATOR_ARGS` (extra flags for "ours", space-separated), `BENCH_AWS_BUCKET` (`on`: the emulator
 //! enforces `BENCH_BUCKET` on CreateSnapshots, full at the start of each run; `off`), `BENCH_STALL_SECONDS` (90:
-//! a Backup unchanged this long counts as stuck), `OPERATOR_BIN`, `BENCH_OPERATOR_BUILD` (what the binary is, for
-//! the header). Needs the local stack (`scripts/bench pause` starts one). Prints; asserts nothing.
+//! a Backup whose record and conditions stay unchanged this long counts as stuck), `BENCH_RUN_TIMEOUT_SECONDS`
+//! (300), `OPERATOR_BIN`, `BENCH_OPERATOR_BUILD` (what the binary is, for the header). Needs the local stack
+//! (`scripts/bench pause` starts one). Prints; asserts nothing.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -99,6 +100,8 @@ struct PdSeen {
     polls: u64,
     /// Longest time between two polls inside the window (the measurement's resolution).
     max_gap: Duration,
+    /// When the watch ended.
+    ended_at: Option<Instant>,
 }
 
 impl PdSeen {
@@ -146,6 +149,7 @@ fn watch_pd(pd_url: &str) -> PdWatch {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        seen.ended_at = Some(Instant::now());
         seen
     });
     PdWatch { stop, task }
@@ -236,7 +240,7 @@ async fn backup_run(scene: &Scene, name: &str, extra_args: &[String]) -> Result<
     let since = epoch_seconds();
     let start = Instant::now();
     scene.apply(&scene.backup_yaml(name, json!({"s3": {"secretName": "keys"}}), json!({}))).await;
-    let (mut last_state, mut changed_at, mut last) = (String::new(), Instant::now(), None);
+    let (mut last_state, mut changed_at, mut last, mut polls) = (String::new(), Instant::now(), None, 0u64);
     let failure = loop {
         if let Ok(backup) = api.get(name).await {
             let phase = backup.phase().cloned();
@@ -258,6 +262,15 @@ async fn backup_run(scene: &Scene, name: &str, extra_args: &[String]) -> Result<
             let warning = last_warning(&log).unwrap_or_default();
             break Some(format!("stalled: neither the record nor the conditions changed for {} s; the operator's last warning: {warning}", stall_limit().as_secs()));
         }
+        if start.elapsed() > run_limit() {
+            let warning = last_warning(&log).unwrap_or_default();
+            break Some(format!("not Complete after {} s; the operator's last warning: {warning}", run_limit().as_secs()));
+        }
+        // The API server refusing the Backup for its annotations' size never heals by retrying.
+        if polls % 20 == 0 && std::fs::read_to_string(&log).is_ok_and(|l| l.contains("may not be more than 262144 bytes")) {
+            break Some("the API server refuses the operator's writes: metadata.annotations are over 262144 bytes".to_string());
+        }
+        polls += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let to_complete = start.elapsed();
@@ -300,6 +313,12 @@ fn epoch_seconds() -> f64 {
 /// How long a Backup may stay unchanged before the run counts as stuck (`BENCH_STALL_SECONDS`, default 90).
 fn stall_limit() -> Duration {
     Duration::from_secs(std::env::var("BENCH_STALL_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(90))
+}
+
+/// How long one backup may take in all (`BENCH_RUN_TIMEOUT_SECONDS`, default 300; the longest healthy run, 300
+/// stores 8 at a time at 1 s, takes about 60 s).
+fn run_limit() -> Duration {
+    Duration::from_secs(std::env::var("BENCH_RUN_TIMEOUT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300))
 }
 
 /// The operator's last WARN or ERROR line, without its colour codes, cut to 400 chars.
@@ -354,7 +373,10 @@ async fn floor_calls(scene: &Scene, ec2: &aws_sdk_ec2::Client, bucket: Option<(u
         if let Some((burst, refill)) = bucket
             && i >= burst
         {
-            tokio::time::sleep_until((start + Duration::from_secs_f64((i + 1 - burst) as f64 / refill)).into()).await;
+            // 50 ms behind the bucket's refill: the emulator's bucket starts at the first call's arrival, a little
+            // after `start`, and a call must never land on a token not there yet (0.1% of a 40 s floor).
+            let due = Duration::from_secs_f64((i + 1 - burst) as f64 / refill) + Duration::from_millis(50);
+            tokio::time::sleep_until((start + due).into()).await;
         }
         let tags = (0..7).fold(TagSpecification::builder().resource_type(ResourceType::Snapshot), |t, k| {
             t.tags(Tag::builder().key(format!("bench-floor/tag-{k}")).value(format!("{}/{}-{k}", scene.namespace, m.instance_id)).build())
@@ -595,7 +617,15 @@ async fn main() {
                 run.annotation_bytes,
                 run.annotation_bytes as f64 * 100.0 / ANNOTATION_LIMIT as f64,
                 run.peak_rss_kib as f64 / 1024.0,
-                run.window().map_or("—".into(), |w| format!("{:.0} ms", ms(w))),
+                match (run.seen.window(), &run.failure) {
+                    (Some(w), None) => format!("{:.0} ms", ms(w)),
+                    (Some(w), Some(_)) => format!("{:.0} ms as PD saw it, until the bench resumed it or the operator gave up", ms(w)),
+                    (None, _) if run.seen.paused_at.is_some() => {
+                        let held = run.seen.ended_at.zip(run.seen.paused_at).map_or(0.0, |(end, start)| (end - start).as_secs_f64());
+                        format!("PD still paused when the run was ended, {held:.0} s after it paused")
+                    }
+                    (None, _) => "—".into(),
+                },
                 fixture_time.as_secs_f64(),
                 run.to_complete.as_secs_f64(),
             ),

@@ -10,7 +10,7 @@ use tidb_ebs_backup::api::ConditionType;
 
 /// Limits off (and the bucket a test shrank removed) and snapshots completing at once again.
 async fn lift_limits(emulator: &Emulator) {
-    emulator.post("/limits", &json!({"enabled": false, "buckets": {"CreateSnapshots": null}})).await;
+    emulator.set_limits(json!({"enabled": false, "buckets": {"CreateSnapshots": null}})).await;
     emulator.set_snapshot_pending_seconds(0.0).await;
 }
 
@@ -22,7 +22,7 @@ async fn a_bucket_smaller_than_the_instances_paces_the_calls_and_meets_no_thrott
     let emulator = scene.stack.emulator();
     emulator.clear_faults().await;
     // AWS's bucket, shrunk: one call at once, then two a second. Ours is the same size.
-    emulator.post("/limits", &json!({"enabled": true, "buckets": {"CreateSnapshots": {"burst": 1, "refill_per_second": 2.0}}})).await;
+    emulator.set_limits(json!({"enabled": true, "buckets": {"CreateSnapshots": {"burst": 1, "refill_per_second": 2.0}}})).await;
     let before = settled_pd_state(scene.stack).await;
     let started = Emulator::now();
     let mut config = settings(scene.stack);
@@ -78,7 +78,7 @@ async fn a_backup_waits_before_the_pause_while_other_snapshots_fill_the_quota() 
     emulator.clear_faults().await;
     // AWS's quota, shrunk to 3: the first backup's 2 snapshots stay pending for a while, and the
     // second's 2 would go beyond it.
-    emulator.post("/limits", &json!({"enabled": true, "max_pending_per_region": 3, "buckets": {"CreateSnapshots": null}})).await;
+    emulator.set_limits(json!({"enabled": true, "max_pending_per_region": 3, "buckets": {"CreateSnapshots": null}})).await;
     emulator.set_snapshot_pending_seconds(6.0).await;
     let before = settled_pd_state(first.stack).await;
     let started = Emulator::now();

@@ -42,6 +42,22 @@ impl Emulator {
     }
 
     /// How long new snapshots stay `pending` (global default; per-volume settings win).
+    /// Back to a fresh emulator: moto's state and all of ours.
+    #[allow(dead_code)] // the pause benchmark's, between sizes
+    pub async fn reset(&self) {
+        self.post("reset", &json!({})).await;
+    }
+
+    #[allow(dead_code)] // the pause benchmark's
+    pub async fn limits(&self) -> Value {
+        self.get("limits").await
+    }
+
+    /// Switches AWS's limits on or off and tunes them (see the emulator's README).
+    pub async fn set_limits(&self, body: Value) -> Value {
+        self.post("limits", &body).await
+    }
+
     pub async fn set_snapshot_pending_seconds(&self, seconds: f64) -> Value {
         self.post("config", &json!({"snapshot_pending_seconds": seconds})).await
     }

@@ -20,12 +20,14 @@ const PARALLEL: usize = 16;
 pub const TIKV_DATA_VOLUME: &str = "tikv";
 pub const TIKV_RAFT_VOLUME: &str = "tikv-raft";
 pub const RAFT_MOUNT_PATH: &str = "/var/lib/raft";
+pub const TIKV_WAL_VOLUME: &str = "tikv-wal";
+pub const WAL_MOUNT_PATH: &str = "/var/lib/wal";
 pub const CSI_DRIVER: &str = "ebs.csi.aws.com";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FixtureVolume {
     pub volume_id: String,
-    /// The pod volume name: `tikv`, `tikv-raft` or `pd`.
+    /// The pod volume name: `tikv`, `tikv-raft`, `tikv-wal` or `pd`.
     pub pod_volume: String,
     pub pvc: String,
     pub pv: String,
@@ -46,7 +48,7 @@ pub struct TikvMember {
     pub node: String,
     pub instance_id: String,
     pub root_volume_id: String,
-    /// `tikv` first, then `tikv-raft` when there are two.
+    /// `tikv` first, then `tikv-raft` when there are two, then `tikv-wal` when there are three.
     pub volumes: Vec<FixtureVolume>,
     /// Attached to the same instance but not TiKV's: a backup must not include it.
     pub foreign_volume_id: String,
@@ -82,7 +84,8 @@ pub struct TidbClusterFixture {
 }
 
 impl TidbClusterFixture {
-    /// `stores` TiKV pods with `volumes_per_store` (1: `tikv`; 2: plus `tikv-raft`) volumes each, one PD pod.
+    /// `stores` TiKV pods with `volumes_per_store` (1: `tikv`; 2: plus `tikv-raft`; 3: plus `tikv-wal`) volumes
+    /// each, one PD pod.
     pub async fn create(stack: &Stack, namespace: &str, name: &str, stores: usize, volumes_per_store: usize) -> TidbClusterFixture {
         Self::builder(name).stores(stores).volumes_per_store(volumes_per_store).create(stack, namespace).await
     }
@@ -141,8 +144,8 @@ impl FixtureBuilder {
     }
 
     pub async fn create(self, stack: &Stack, namespace: &str) -> TidbClusterFixture {
-        assert!((1..=64).contains(&self.stores), "fake-tikv registers 1..64 stores");
-        assert!((1..=2).contains(&self.volumes_per_store), "volumes_per_store is 1 or 2");
+        assert!((1..=1000).contains(&self.stores), "fake-tikv registers 1..1000 stores");
+        assert!((1..=3).contains(&self.volumes_per_store), "volumes_per_store is 1, 2 or 3");
         assert!(self.pd_replicas >= 1, "a TidbCluster needs PD");
         let (ns, name) = (namespace, self.name.as_str());
         let az = format!("{}a", stack.aws_region);
@@ -196,7 +199,7 @@ impl FixtureBuilder {
             let instance_id = instance_ids[i].clone();
             let volumes = (0..self.volumes_per_store)
                 .map(|j| {
-                    let pod_volume = if j == 0 { TIKV_DATA_VOLUME } else { TIKV_RAFT_VOLUME };
+                    let pod_volume = [TIKV_DATA_VOLUME, TIKV_RAFT_VOLUME, TIKV_WAL_VOLUME][j];
                     let pvc = format!("{pod_volume}-{}", store.pod);
                     FixtureVolume {
                         volume_id: String::new(),
@@ -400,10 +403,14 @@ async fn create_tidbcluster(client: &kube::Client, fixture: &TidbClusterFixture,
         "config": {},
     });
     if b.volumes_per_store >= 2 {
-        tikv_spec["storageVolumes"] = json!([{
-            "name": "raft", "mountPath": RAFT_MOUNT_PATH, "storageSize": format!("{}Gi", b.tikv_volume_gib)
-        }]);
+        let size = format!("{}Gi", b.tikv_volume_gib);
+        let mut volumes = vec![json!({"name": "raft", "mountPath": RAFT_MOUNT_PATH, "storageSize": size})];
         tikv_spec["config"] = json!({"raft-engine.dir": RAFT_MOUNT_PATH});
+        if b.volumes_per_store >= 3 {
+            volumes.push(json!({"name": "wal", "mountPath": WAL_MOUNT_PATH, "storageSize": size}));
+            tikv_spec["config"]["rocksdb.wal-dir"] = json!(WAL_MOUNT_PATH);
+        }
+        tikv_spec["storageVolumes"] = json!(volumes);
     }
     let now = jiff::Timestamp::now().to_string();
     let stores: serde_json::Map<String, Value> = fixture
@@ -479,7 +486,11 @@ impl PodPlan {
                 .volumes
                 .iter()
                 .map(|v| {
-                    let path = if v.pod_volume == TIKV_DATA_VOLUME { "/var/lib/tikv" } else { RAFT_MOUNT_PATH };
+                    let path = match v.pod_volume.as_str() {
+                        TIKV_DATA_VOLUME => "/var/lib/tikv",
+                        TIKV_WAL_VOLUME => WAL_MOUNT_PATH,
+                        _ => RAFT_MOUNT_PATH,
+                    };
                     (path.to_string(), v.clone())
                 })
                 .collect(),

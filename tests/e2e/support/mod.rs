@@ -49,7 +49,7 @@ pub async fn exclusive() -> RwLockWriteGuard<'static, ()> {
     let guard = STACK_LOCK.write().await;
     let emulator = Stack::get().emulator();
     emulator.clear_faults().await;
-    emulator.post("/limits", &serde_json::json!({"enabled": false})).await;
+    emulator.set_limits(serde_json::json!({"enabled": false})).await;
     guard
 }
 

@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import os
+import random
 import re
 import signal
 import sys
@@ -32,7 +33,7 @@ from moto.moto_server.werkzeug_app import (  # noqa: E402
     MotoRequestHandler,
     create_backend_app,
 )
-from werkzeug.serving import run_simple  # noqa: E402
+from werkzeug.serving import BaseWSGIServer, run_simple  # noqa: E402
 
 import snapshots  # noqa: E402
 from snapshots import STATE, EbsError  # noqa: E402
@@ -255,8 +256,79 @@ class RequestLog:
             self.entries.clear()
 
 
+class Latency:
+    """Per-action service time: every request of the action that reaches moto (or our EBS handlers) waits
+    fixed_ms + jitter_ms * u, u uniform in [0, 1). The wait is a plain sleep on the request's own thread,
+    outside every lock, so concurrent calls overlap; state changes keep their own locks. With a seed the
+    n-th call of an action always draws the same u, whatever the interleaving of threads."""
+
+    KEYS = {"fixed_ms", "jitter_ms", "apply"}
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.models: dict[str, dict] = {}
+            self.seed: int | None = None
+            self.calls: collections.Counter = collections.Counter()
+
+    def configure(self, body: dict) -> None:
+        if not isinstance(body, dict):
+            raise ValueError("body must be an object: {action: model | null, \"seed\": int | null}")
+        models = {}
+        for action, model in body.items():
+            if action == "seed":
+                if model is not None and not isinstance(model, int):
+                    raise ValueError("seed must be an integer or null")
+                continue
+            if model is None:
+                models[action] = None
+                continue
+            if not isinstance(model, dict):
+                raise ValueError(f"latency model of {action} must be an object or null")
+            unknown = set(model) - self.KEYS
+            if unknown:
+                raise ValueError(f"unknown latency keys for {action}: {sorted(unknown)}")
+            m = {"fixed_ms": float(model.get("fixed_ms", 0)), "jitter_ms": float(model.get("jitter_ms", 0)),
+                 "apply": model.get("apply", "before")}
+            if m["fixed_ms"] < 0 or m["jitter_ms"] < 0:
+                raise ValueError(f"fixed_ms and jitter_ms of {action} must be >= 0")
+            if m["apply"] not in ("before", "after"):
+                raise ValueError(f"apply of {action} must be before or after")
+            models[action] = m
+        with self.lock:
+            for action, m in models.items():
+                if m is None:
+                    self.models.pop(action, None)
+                else:
+                    self.models[action] = m
+            if "seed" in body:
+                self.seed = body["seed"]
+                self.calls.clear()
+
+    def view(self) -> dict:
+        with self.lock:
+            return {"seed": self.seed, **{a: dict(m) for a, m in self.models.items()},
+                    "calls": dict(self.calls)}
+
+    def draw(self, action: str) -> tuple[float, str]:
+        """(seconds to wait, "before" | "after") for one request of `action`; (0, "before") without a model."""
+        with self.lock:
+            model = self.models.get(action) or self.models.get("*")
+            if model is None:
+                return 0.0, "before"
+            n = self.calls[action]
+            self.calls[action] += 1
+            seed = self.seed
+        u = random.Random(f"{seed}/{action}/{n}").random() if seed is not None else random.random()
+        return (model["fixed_ms"] + model["jitter_ms"] * u) / 1000, model["apply"]
+
+
 FAULTS = Faults()
 LOG = RequestLog()
+LATENCY = Latency()
 
 
 def reset_all() -> None:
@@ -264,6 +336,7 @@ def reset_all() -> None:
     STATE.reset()
     FAULTS.clear()
     LOG.clear()
+    LATENCY.reset()
 
 
 # ---- control API --------------------------------------------------------------------------------------
@@ -322,6 +395,14 @@ def control(method: str, path: str, query: dict, body: Any) -> tuple[int, Any]:
             FAULTS.clear(int(parts[1]) if len(parts) > 1 else None)
             return 200, {"ok": True}
         return 200, {"rules": FAULTS.rules}
+    if head == "latency":
+        if method == "POST":
+            LATENCY.configure(body)
+        elif method == "DELETE":
+            LATENCY.reset()
+        elif method != "GET":
+            return 404, {"error": f"no control endpoint {method} {path}"}
+        return 200, LATENCY.view()
     if head == "requests":
         if method == "DELETE":
             LOG.clear()
@@ -363,7 +444,7 @@ class EmulatorApp:
         started = time.time()
         req = Req(environ)
         entry: dict = {"time": started, "service": req.service, "region": req.region, "action": req.action,
-                       "method": req.method, "path": req.path, "injected": False,
+                       "method": req.method, "path": req.path, "injected": False, "latency_ms": 0,
                        "user_agent": environ.get("HTTP_USER_AGENT", "")}
         rule = FAULTS.match(req)
         if rule and rule.get("delay_ms"):
@@ -378,7 +459,11 @@ class EmulatorApp:
             status, code = THROTTLE.get(req.service, (400, "Throttling"))
             result = error_response(req.service, status, code, "Request limit exceeded.",
                                     "ACCOUNT_THROTTLED" if req.service == "ebs" else None)
-        elif req.service == "ebs" and req.action in ("ListSnapshotBlocks", "ListChangedBlocks"):
+        wait, when = (0.0, "before") if entry["injected"] else LATENCY.draw(req.action)
+        entry["latency_ms"] = round(wait * 1000, 1)
+        if wait and when == "before":
+            time.sleep(wait)  # no lock is held here: concurrent requests wait side by side
+        if not entry["injected"] and req.service == "ebs" and req.action in ("ListSnapshotBlocks", "ListChangedBlocks"):
             result = self._ebs_direct(req)
 
         if result is None:
@@ -396,6 +481,9 @@ class EmulatorApp:
         ids = {m.group(0) for m in EC2_ID.finditer(text)}
         entry["volume_ids"] = sorted(i for i in ids if i.startswith("vol-"))
         entry["snapshot_ids"] = sorted(i for i in ids if i.startswith("snap-"))
+        if wait and when == "after":
+            time.sleep(wait)  # the change is made and visible; only the answer is late
+            entry["duration_ms"] = round((time.time() - started) * 1000, 1)
         LOG.add(entry)
         start_response(_status_line(status), headers)
         return chunks
@@ -442,8 +530,50 @@ def _status_line(status: int) -> str:
         return f"{status} Error"
 
 
+def _speed_up_moto() -> None:
+    """Costs of moto's server that are pure overhead (requests hold the GIL while they compute, so this is
+    what serialises concurrent calls):
+    - the host dispatcher lists moto's package directory on every request, under its one lock, and every
+      action lookup runs inspect.getmembers over the whole response class: cached (about a third of the CPU
+      time of a small EC2 call);
+    - every EC2 resource reads its own tags with a scan of all tags of the region (a regex per tag), so
+      rendering n tagged resources costs O(n x all tags): one resource id without wildcards is looked up
+      directly, with the same answer."""
+    from moto import backends
+    from moto.core import responses
+    from moto.ec2.models.tags import TagBackend
+    from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, get_prefix
+
+    scan_tags = TagBackend.describe_tags
+
+    def describe_tags(self: Any, filters: dict | None = None) -> list[dict]:
+        ids = (filters or {}).get("resource-id")
+        if filters is None or set(filters) != {"resource-id"} or len(ids) != 1 or re.search(r"[*?\[\\]", ids[0]):
+            return scan_tags(self, filters)
+        rid = ids[0]
+        kind = EC2_PREFIX_TO_RESOURCE.get(get_prefix(rid), "")
+        return [{"resource_id": rid, "key": k, "value": v, "resource_type": kind}
+                for k, v in dict(self.tags.get(rid, {})).items()]
+
+    TagBackend.describe_tags = describe_tags
+
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
+    names: dict[type, list[str]] = {}
+    original = responses.method_names_from_class
+
+    def method_names(clazz: Any) -> list[str]:
+        found = names.get(clazz)
+        if found is None:
+            found = names[clazz] = original(clazz)
+        return found
+
+    responses.method_names_from_class = method_names
+
+
 def build_app() -> EmulatorApp:
     snapshots.install()
+    _speed_up_moto()
     return EmulatorApp(DomainDispatcherApplication(create_backend_app))
 
 
@@ -459,6 +589,9 @@ def main() -> None:
             f.write(f"{os.getpid()}\n")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     app = build_app()
+    # Hundreds of clients may connect at once (one CreateSnapshots per instance): werkzeug's backlog of 128
+    # would drop SYNs beyond it and the kernel would retry them only after a second.
+    BaseWSGIServer.request_queue_size = 1024
     print(f"aws-emulator (moto {moto.__version__}) listening on http://{args.host}:{args.port}", flush=True)
     run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
 

@@ -4,9 +4,11 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import pytest
@@ -367,12 +369,14 @@ def test_reset(ec2, c):
     c("POST", "/_emulator/faults", {"action": "DescribeSnapshots", "status": 500, "code": "InternalError"})
     c("POST", "/_emulator/limits", {"enabled": True})
     c("POST", "/_emulator/config", {"snapshot_pending_seconds": 9})
+    c("POST", "/_emulator/latency", {"DescribeVolumes": {"fixed_ms": 500}, "seed": 3})
     c("POST", "/_emulator/reset")
     assert ec2.describe_volumes()["Volumes"] == []
     assert ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"] == []
     assert c("GET", "/_emulator/faults")["rules"] == []
     assert c("GET", "/_emulator/limits")["enabled"] is False
     assert c("GET", "/_emulator/config")["snapshot_pending_seconds"] == 0
+    assert c("GET", "/_emulator/latency") == {"seed": None, "calls": {}}
     assert [r["action"] for r in c("GET", "/_emulator/requests")["requests"]] == ["DescribeVolumes",
                                                                                   "DescribeSnapshots"]
 
@@ -384,3 +388,142 @@ def test_control_api_errors(endpoint):
     with pytest.raises(urllib.error.HTTPError) as e:
         ctl(endpoint, "POST", "/_emulator/faults", {"action": "X", "bogus": 1})
     assert e.value.code == 400
+
+
+# ---- latency model --------------------------------------------------------------------------------
+
+
+def _instances_for_create_snapshots(endpoint, ec2, n):
+    """n instances with 2 data volumes each, and one client per instance with its connection open."""
+    inst = ec2.run_instances(ImageId="ami-12345678", MinCount=n, MaxCount=n,
+                             Placement={"AvailabilityZone": "us-east-1a"})["Instances"]
+    ids = [i["InstanceId"] for i in inst]
+    for iid in ids:
+        for dev in ("/dev/sdf", "/dev/sdg"):
+            ec2.attach_volume(VolumeId=volume(ec2), InstanceId=iid, Device=dev)
+    clients = [client(endpoint, "ec2") for _ in ids]
+    for k, iid in enumerate(ids):
+        clients[k].describe_instances(InstanceIds=[iid])
+    return ids, clients
+
+
+def _create_snapshots_at_once(ids, clients):
+    """(wall seconds, per-call seconds) of one CreateSnapshots per instance, all sent together."""
+    go = threading.Barrier(len(ids) + 1)
+
+    def call(k):
+        go.wait()
+        t = time.monotonic()
+        out = clients[k].create_snapshots(InstanceSpecification={"InstanceId": ids[k], "ExcludeBootVolume": True})
+        assert len(out["Snapshots"]) == 2
+        return time.monotonic() - t
+
+    with ThreadPoolExecutor(len(ids)) as pool:
+        futures = [pool.submit(call, k) for k in range(len(ids))]
+        go.wait()
+        t0 = time.monotonic()
+        took = [f.result() for f in futures]
+        return time.monotonic() - t0, took
+
+
+def test_latency_lets_concurrent_calls_overlap(endpoint, ec2, c):
+    ids, clients = _instances_for_create_snapshots(endpoint, ec2, 30)
+    wall0, _ = _create_snapshots_at_once(ids, clients)
+    c("POST", "/_emulator/latency", {"CreateSnapshots": {"fixed_ms": 1000}})
+    wall1, took = _create_snapshots_at_once(ids, clients)
+    print(f"30 concurrent CreateSnapshots (2 volumes each): {wall0 * 1000:.0f} ms without latency, "
+          f"{wall1 * 1000:.0f} ms at 1000 ms")
+    assert min(took) >= 1.0, "every call waited its latency"
+    assert wall1 < 3.0, f"30 calls at 1 s took {wall1:.1f} s: they did not overlap"
+    log = c("GET", "/_emulator/requests?action=CreateSnapshots")["requests"]
+    assert [r["latency_ms"] for r in log] == [0] * 30 + [1000] * 30
+    assert all(r["status"] == 200 and r["duration_ms"] >= 1000 for r in log[30:])
+    assert len(ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]) == 120
+
+
+def test_latency_is_per_action(ec2, c):
+    c("POST", "/_emulator/latency", {"CreateSnapshot": {"fixed_ms": 600}})
+    vol = volume(ec2)
+    t0 = time.monotonic()
+    ec2.describe_volumes(VolumeIds=[vol])
+    ec2.describe_snapshots(OwnerIds=["self"])
+    assert time.monotonic() - t0 < 0.5, "other actions are not slowed"
+    t0 = time.monotonic()
+    ec2.create_snapshot(VolumeId=vol)
+    assert time.monotonic() - t0 >= 0.6
+    # "*" is the default for actions without a model of their own; null removes a model
+    c("POST", "/_emulator/latency", {"*": {"fixed_ms": 300}, "CreateSnapshot": None})
+    assert c("GET", "/_emulator/latency")["*"] == {"fixed_ms": 300.0, "jitter_ms": 0.0, "apply": "before"}
+    assert "CreateSnapshot" not in c("GET", "/_emulator/latency")
+    t0 = time.monotonic()
+    ec2.describe_volumes(VolumeIds=[vol])
+    assert time.monotonic() - t0 >= 0.3
+    # control calls and answers made by fault rules are not delayed
+    c("POST", "/_emulator/faults", {"action": "DescribeVolumes", "status": 500, "times": 1})
+    t0 = time.monotonic()
+    with pytest.raises(ClientError):
+        ec2.describe_volumes()
+    c("GET", "/_emulator/health")
+    assert time.monotonic() - t0 < 0.3
+    log = c("GET", "/_emulator/requests")["requests"]
+    assert [(r["action"], r["latency_ms"]) for r in log] == [
+        ("CreateVolume", 0), ("DescribeVolumes", 0), ("DescribeSnapshots", 0), ("CreateSnapshot", 600),
+        ("DescribeVolumes", 300), ("DescribeVolumes", 0)]
+    c("DELETE", "/_emulator/latency")
+    assert c("GET", "/_emulator/latency") == {"seed": None, "calls": {}}
+
+
+def test_latency_jitter_is_deterministic_with_a_seed(ec2, c):
+    def draws():
+        c("POST", "/_emulator/latency", {"DescribeVolumes": {"fixed_ms": 20, "jitter_ms": 100}, "seed": 7})
+        c("DELETE", "/_emulator/requests")
+        with ThreadPoolExecutor(4) as pool:  # interleaving does not change which call gets which draw
+            list(pool.map(lambda _: ec2.describe_volumes(), range(8)))
+        return sorted(r["latency_ms"] for r in c("GET", "/_emulator/requests")["requests"])
+
+    first = draws()
+    assert first == draws()
+    assert all(20 <= ms < 120 for ms in first) and len(set(first)) > 4
+    assert c("GET", "/_emulator/latency")["calls"] == {"DescribeVolumes": 8}
+    c("POST", "/_emulator/latency", {"DescribeVolumes": {"fixed_ms": 20, "jitter_ms": 100}, "seed": 8})
+    c("DELETE", "/_emulator/requests")
+    for _ in range(8):
+        ec2.describe_volumes()
+    assert sorted(r["latency_ms"] for r in c("GET", "/_emulator/requests")["requests"]) != first
+
+
+def test_latency_after_makes_the_change_first(ec2, c):
+    vol = volume(ec2)
+    c("POST", "/_emulator/latency", {"CreateSnapshot": {"fixed_ms": 1000, "apply": "after"}})
+    with ThreadPoolExecutor(1) as pool:
+        t0 = time.monotonic()
+        answer = pool.submit(ec2.create_snapshot, VolumeId=vol)
+        time.sleep(0.4)
+        seen = ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+        assert not answer.done() and len(seen) == 1, "the snapshot exists while its answer is still on the way"
+        assert answer.result()["SnapshotId"] == seen[0]["SnapshotId"]
+        assert time.monotonic() - t0 >= 1.0
+
+
+def test_latency_control_errors(endpoint):
+    for body in ({"CreateSnapshots": {"fixed_ms": -1}}, {"CreateSnapshots": {"bogus": 1}},
+                 {"CreateSnapshots": {"apply": "during"}}, {"CreateSnapshots": 5}, {"seed": "x"}):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            ctl(endpoint, "POST", "/_emulator/latency", body)
+        assert e.value.code == 400, body
+
+
+def test_tags_read_per_resource(ec2):
+    """Each resource's own tags come from a direct look-up (emulator.py); filters with wildcards still scan."""
+    vols = [ec2.create_volume(Size=1, AvailabilityZone="us-east-1a", TagSpecifications=[
+        {"ResourceType": "volume", "Tags": [{"Key": "n", "Value": str(i)}, {"Key": "k", "Value": "v"}]}])["VolumeId"]
+        for i in range(5)]
+    seen = {v["VolumeId"]: {t["Key"]: t["Value"] for t in v["Tags"]} for v in ec2.describe_volumes()["Volumes"]}
+    assert seen == {v: {"n": str(i), "k": "v"} for i, v in enumerate(vols)}
+    snap = ec2.create_snapshot(VolumeId=vols[2], TagSpecifications=[
+        {"ResourceType": "snapshot", "Tags": [{"Key": "s", "Value": "1"}]}])
+    assert snap["Tags"] == [{"Key": "s", "Value": "1"}]
+    one = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [vols[0]]}])["Tags"]
+    assert sorted((t["Key"], t["Value"], t["ResourceType"]) for t in one) == [("k", "v", "volume"), ("n", "0", "volume")]
+    assert len(ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": ["vol-*"]}])["Tags"]) == 10
+    assert len(ec2.describe_tags(Filters=[{"Name": "key", "Values": ["n"]}])["Tags"]) == 5

@@ -110,8 +110,8 @@ func (f *fakeTiKV) controlHandler() http.Handler {
 				writeError(w, http.StatusBadRequest, "name and namespace must be DNS labels")
 				return
 			}
-			if req.Stores < 1 || req.Stores > 64 {
-				writeError(w, http.StatusBadRequest, "stores must be 1..64")
+			if req.Stores < 1 || req.Stores > 1000 {
+				writeError(w, http.StatusBadRequest, "stores must be 1..1000")
 				return
 			}
 			list, err := f.register(r.Context(), req.Name, req.Namespace, req.Stores)

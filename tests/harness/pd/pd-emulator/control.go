@@ -120,8 +120,8 @@ func (e *emulator) controlHandler() http.Handler {
 				writeError(w, http.StatusBadRequest, "name and namespace must be DNS labels")
 				return
 			}
-			if req.Stores < 1 || req.Stores > 64 {
-				writeError(w, http.StatusBadRequest, "stores must be 1..64")
+			if req.Stores < 1 || req.Stores > 1000 {
+				writeError(w, http.StatusBadRequest, "stores must be 1..1000")
 				return
 			}
 			e.mu.Lock()

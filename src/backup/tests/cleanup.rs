@@ -40,6 +40,15 @@ async fn delete_deletes_the_snapshots_the_backupmeta_and_the_lock() {
 }
 
 #[tokio::test]
+#[ignore = "bug: the end of a clean-up publishes no Event: Clean(False, Cleaning) -> Clean(True, Cleaned) keeps the phase, and Journal::save publishes on phase changes only"]
+async fn the_end_of_a_clean_up_is_announced_by_an_event() {
+    let world = World::builder().stores(2).build();
+    completed_then_deleted(&world, json!({"cleanPolicy": "Delete"})).await;
+    let reasons: Vec<String> = world.events().into_iter().map(|(_, reason, _)| reason).collect();
+    assert!(reasons.contains(&Reason::Cleaned.as_str().to_string()), "the Backup is gone; its Events say how it ended: {reasons:?}");
+}
+
+#[tokio::test]
 async fn retain_keeps_everything() {
     let world = World::builder().stores(2).build();
     let uid = completed_then_deleted(&world, json!({"cleanPolicy": "Retain"})).await;

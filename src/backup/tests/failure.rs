@@ -17,7 +17,7 @@ const FOREIGN_META: &[u8] = br#"{"written_by": "a BR run that knows nothing of l
 
 /// Runs `name` until its CreateSnapshots calls are in flight, then does `meanwhile`, then on to the end.
 async fn meanwhile_during_the_calls(world: &World, name: &str, meanwhile: impl FnOnce()) {
-    world.ec2.fail(Ec2Method::CreateSnapshots, Times::Always, AwsFault::Delay(Duration::from_millis(100)));
+    world.ec2.fail(Ec2Method::CreateSnapshots, Times::Always, AwsFault::Delay(Duration::from_millis(300)));
     let during = async {
         while world.ec2.calls_of(Ec2Method::CreateSnapshots).is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -15,7 +15,7 @@ use crate::testkit::{AwsFault, Ec2Method, PdFault, PdMethod, Times, World};
 async fn the_snapshots_are_taken_inside_the_pause_at_the_recorded_resolved_ts() {
     let world = World::builder().stores(3).build();
     // Slow calls, so the pause can be looked at while they run.
-    world.ec2.fail(Ec2Method::CreateSnapshots, Times::Always, AwsFault::Delay(Duration::from_millis(100)));
+    world.ec2.fail(Ec2Method::CreateSnapshots, Times::Always, AwsFault::Delay(Duration::from_millis(300)));
     world.create_backup("b", json!({}));
     let (_, seen) = tokio::join!(world.run_until("b", is(ConditionType::VolumeBackupSnapshotsCreated)), async {
         while world.ec2.calls_of(Ec2Method::CreateSnapshots).len() < 3 {

@@ -31,7 +31,7 @@ async fn pd_is_resumed_right_after_the_last_call_and_stays_resumed() {
 #[tokio::test]
 async fn pd_unreachable_at_resume_still_completes_with_a_warning() {
     let world = World::builder().stores(2).build();
-    world.ec2.fail(Ec2Method::CreateSnapshots, Times::Always, AwsFault::Delay(Duration::from_millis(100)));
+    world.ec2.fail(Ec2Method::CreateSnapshots, Times::Always, AwsFault::Delay(Duration::from_millis(300)));
     world.create_backup("b", json!({}));
     let unreachable = async {
         // PD goes away while the calls are in flight: the pause is in place, its undo cannot be sent.

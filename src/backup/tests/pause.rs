@@ -41,7 +41,7 @@ async fn the_snapshots_are_taken_inside_the_pause_at_the_recorded_resolved_ts() 
     let calls = world.ec2.calls_of(Ec2Method::CreateSnapshots);
     let pauses = pause_calls(&world);
     let first_undo = pauses.iter().find(|(_, pauses)| !pauses).expect("the pause is undone").0;
-    let last_pause = pauses.iter().filter(|(at, pauses)| *pauses && *at < first_undo).last().expect("paused").0;
+    let last_pause = pauses.iter().rfind(|(at, pauses)| *pauses && *at < first_undo).expect("paused").0;
     assert!(calls.iter().all(|c| last_pause < c.at && c.at < first_undo), "CreateSnapshots inside the pause");
     assert!(pauses.iter().all(|(at, pauses)| !pauses || *at < first_undo), "nothing pauses again after the undo");
     assert!(!world.pd.is_paused() && world.pd.safepoint(&safepoint_id(&uid)).is_none());

@@ -24,6 +24,7 @@ pub fn is(wanted: ConditionType) -> impl Fn(Option<&Backup>) -> bool {
 }
 
 /// `done` for `run_until`: the Backup has ended, `Complete` or `Failed`.
+#[cfg(feature = "failpoints")]
 pub fn ended(backup: Option<&Backup>) -> bool {
     matches!(phase(backup), Some(ConditionType::Complete | ConditionType::Failed))
 }

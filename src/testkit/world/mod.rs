@@ -24,7 +24,9 @@ mod tests;
 
 pub use cluster::{Cluster, TikvMember};
 pub use connectors::FakeConnectors;
-pub use inspect::{condition, ended, failure_reason, is, phase};
+#[cfg(feature = "failpoints")]
+pub use inspect::ended;
+pub use inspect::{condition, failure_reason, is, phase};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -201,6 +203,7 @@ impl World {
     }
 
     /// The panic messages of the passes that crashed so far.
+    #[cfg(feature = "failpoints")]
     pub fn crashes(&self) -> Vec<String> {
         self.crashes.lock().expect("crashes").clone()
     }

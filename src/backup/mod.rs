@@ -195,3 +195,7 @@ mod tests {
         assert_eq!(backoff.failed("a").as_secs(), 5);
     }
 }
+
+#[cfg(test)]
+#[path = "tests/mod.rs"]
+mod step_tests;

@@ -156,6 +156,21 @@ impl FakeApiServer {
         Some(serde_json::from_value(object).expect("stored object deserialises"))
     }
 
+    /// Takes the object of `resource` away, as if someone else deleted it; returns whether it was there.
+    pub fn remove_dynamic(&self, resource: &ApiResource, namespace: Option<&str>, name: &str) -> bool {
+        self.remove_at(dynamic_target(resource, namespace), name)
+    }
+
+    /// Takes a `K` away, as if someone else deleted it; returns whether it was there.
+    pub fn remove<K: Resource<DynamicType = ()>>(&self, namespace: Option<&str>, name: &str) -> bool {
+        self.remove_at(target_of::<K>(namespace), name)
+    }
+
+    fn remove_at(&self, target: Target, name: &str) -> bool {
+        let key = (target.resource, target.namespace.unwrap_or_default(), name.to_string());
+        self.lock().objects.remove(&key).is_some()
+    }
+
     /// Every stored object of `K`, in all namespaces.
     pub fn all<K>(&self) -> Vec<K>
     where

@@ -87,6 +87,11 @@ impl Objects {
         self.items.get(key)
     }
 
+    /// Takes an object away at once, finalizers or not (as the test's own hand, not the API).
+    pub fn remove(&mut self, key: &Key) -> Option<Value> {
+        self.items.remove(key)
+    }
+
     pub fn raw_all(&self, resource: &str) -> Vec<Value> {
         self.items.iter().filter(|((r, _, _), _)| r == resource).map(|(_, v)| v.clone()).collect()
     }

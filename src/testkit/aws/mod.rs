@@ -10,7 +10,7 @@ pub use ec2::{Ec2Method, FakeSnapshots};
 pub use s3::{FakeMetaStore, FakeS3, S3Method};
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::faults::{FaultPlan, Times};
 use crate::aws::{AwsError, THROTTLE_CODES};
@@ -34,11 +34,12 @@ impl AwsFault {
     }
 }
 
-/// One call as the fake saw it, with its arguments in words.
+/// One call as the fake saw it, with its arguments in words, and when it came in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AwsCall<M> {
     pub method: M,
     pub detail: String,
+    pub at: Instant,
 }
 
 /// The AWS operation name a method stands for, as errors and metrics name it.
@@ -46,8 +47,11 @@ pub trait Operation: Copy + PartialEq + Send + 'static {
     fn operation(self) -> &'static str;
 }
 
+/// A method, and a part of the call's detail (`None`: any call of the method).
+type Matcher<M> = (M, Option<String>);
+
 struct GateState<M> {
-    faults: FaultPlan<M, AwsFault>,
+    faults: FaultPlan<Matcher<M>, AwsFault>,
     calls: Vec<AwsCall<M>>,
 }
 
@@ -70,7 +74,12 @@ impl<M> Default for Gate<M> {
 
 impl<M: Operation> Gate<M> {
     pub fn fail(&self, method: M, times: Times, fault: AwsFault) {
-        self.inner.lock().expect("gate").faults.add(method, times, fault);
+        self.inner.lock().expect("gate").faults.add((method, None), times, fault);
+    }
+
+    /// As `fail`, for the calls whose detail contains `detail` (a key, an instance id).
+    pub fn fail_where(&self, method: M, detail: &str, times: Times, fault: AwsFault) {
+        self.inner.lock().expect("gate").faults.add((method, Some(detail.to_string())), times, fault);
     }
 
     pub fn clear(&self) {
@@ -89,8 +98,9 @@ impl<M: Operation> Gate<M> {
     {
         let fault = {
             let mut inner = self.inner.lock().expect("gate");
-            inner.calls.push(AwsCall { method, detail });
-            inner.faults.take(|m| *m == method)
+            let fault = inner.faults.take(|(m, part)| *m == method && part.as_ref().is_none_or(|p| detail.contains(p.as_str())));
+            inner.calls.push(AwsCall { method, detail, at: Instant::now() });
+            fault
         };
         let operation = method.operation();
         match fault {

@@ -73,6 +73,11 @@ impl FakeS3 {
         self.gate.fail(method, times, fault);
     }
 
+    /// As `fail`, for calls on keys containing `key` (`b1/backupmeta`).
+    pub fn fail_where(&self, method: S3Method, key: &str, times: Times, fault: AwsFault) {
+        self.gate.fail_where(method, key, times, fault);
+    }
+
     pub fn calls(&self) -> Vec<AwsCall<S3Method>> {
         self.gate.calls()
     }

@@ -44,11 +44,26 @@ pub enum PdFault {
     Delay(Duration),
 }
 
-/// One call as PD saw it, with its arguments in words (`balance-leader-scheduler 30`).
+/// One call as PD saw it, with its arguments in words (`balance-leader-scheduler 30`), and when.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PdCall {
     pub method: PdMethod,
     pub detail: String,
+    pub at: std::time::Instant,
+    /// The TTL a pause call (scheduler, config override, service safepoint) gave; 0 undoes it.
+    pub ttl_seconds: Option<i64>,
+}
+
+impl PdCall {
+    /// A call that pauses (or keeps paused) scheduling or GC.
+    pub fn pauses(&self) -> bool {
+        self.ttl_seconds.is_some_and(|ttl| ttl > 0)
+    }
+
+    /// A call that undoes part of a pause.
+    pub fn undoes(&self) -> bool {
+        self.ttl_seconds == Some(0)
+    }
 }
 
 #[derive(Clone)]
@@ -138,9 +153,13 @@ impl FakePd {
 
     /// Logs the call, then applies the fault planned for it (a delay first waits, then lets it through).
     async fn enter(&self, method: PdMethod, detail: String) -> Result<()> {
+        self.enter_with_ttl(method, detail, None).await
+    }
+
+    async fn enter_with_ttl(&self, method: PdMethod, detail: String, ttl_seconds: Option<i64>) -> Result<()> {
         let fault = {
             let mut state = self.lock();
-            state.calls.push(PdCall { method, detail: detail.clone() });
+            state.calls.push(PdCall { method, detail, at: std::time::Instant::now(), ttl_seconds });
             state.faults.take(|m| *m == method)
         };
         match fault {
@@ -185,7 +204,7 @@ impl Pd for FakePd {
     }
 
     async fn pause_scheduler(&self, name: &str, delay_seconds: u64) -> Result<()> {
-        self.enter(PdMethod::PauseScheduler, format!("{name} {delay_seconds}")).await?;
+        self.enter_with_ttl(PdMethod::PauseScheduler, format!("{name} {delay_seconds}"), Some(delay_seconds as i64)).await?;
         let mut state = self.lock();
         let until = (delay_seconds > 0).then(|| Instant::now() + Duration::from_secs(delay_seconds));
         match state.schedulers.get_mut(name) {
@@ -204,7 +223,8 @@ impl Pd for FakePd {
     }
 
     async fn set_config_with_ttl(&self, values: &Map<String, Value>, ttl_seconds: u64) -> Result<()> {
-        self.enter(PdMethod::SetConfigWithTtl, format!("{} {ttl_seconds}", Value::Object(values.clone()))).await?;
+        let detail = format!("{} {ttl_seconds}", Value::Object(values.clone()));
+        self.enter_with_ttl(PdMethod::SetConfigWithTtl, detail, Some(ttl_seconds as i64)).await?;
         let mut state = self.lock();
         let supported = |key: &str| PAUSED_CONFIG.iter().any(|(k, _)| key.strip_prefix("schedule.") == Some(*k));
         if let Some(key) = values.keys().find(|k| !supported(k)) {
@@ -232,7 +252,8 @@ impl Pd for FakePd {
     }
 
     async fn update_service_safepoint(&self, service_id: &str, ttl_seconds: i64, safe_point: u64) -> Result<SafepointUpdate> {
-        self.enter(PdMethod::UpdateServiceSafepoint, format!("{service_id} {ttl_seconds} {safe_point}")).await?;
+        let detail = format!("{service_id} {ttl_seconds} {safe_point}");
+        self.enter_with_ttl(PdMethod::UpdateServiceSafepoint, detail, Some(ttl_seconds.max(0))).await?;
         let mut state = self.lock();
         if ttl_seconds <= 0 {
             state.safepoints.remove(service_id);

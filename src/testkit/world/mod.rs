@@ -1,6 +1,8 @@
 //! A whole operator's world in memory: the fakes, a seeded TidbCluster, and the `Context` a reconcile
 //! needs, with a loop that drives `crate::backup::reconcile` as the controller would (requeues slept,
-//! a pass that changed the Backup followed by another, as its watch event would cause).
+//! a pass that changed the Backup followed by another, as its watch event would cause). Each pass runs
+//! in a task of its own, as the controller runs it: a pass that panics is a crashed process, which
+//! under a `CrashScenario` is restarted at once (and anywhere else fails the test).
 //!
 //! It runs on real time. The reconciler and its pause keeper read `std::time::Instant` and jiff's wall
 //! clock, so under `tokio::time::pause()` the keeper's one-second sleeps would race FakePd's TTLs (on
@@ -16,11 +18,15 @@
 
 mod cluster;
 mod connectors;
+mod inspect;
 #[cfg(test)]
 mod tests;
 
 pub use cluster::{Cluster, TikvMember};
 pub use connectors::FakeConnectors;
+#[cfg(feature = "failpoints")]
+pub use inspect::ended;
+pub use inspect::{condition, failure_reason, is, phase};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,8 +36,9 @@ use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::{controller::Action, watcher};
 use serde_json::{Value, json};
 
+use super::failpoints::NoFailpoints;
 use super::{FakeApiServer, FakePd, FakeS3, FakeSnapshots};
-use crate::api::{Backup, ConditionType};
+use crate::api::Backup;
 use crate::backup::{Context, Settings};
 
 pub const BUCKET: &str = "backups";
@@ -54,11 +61,6 @@ pub fn test_settings() -> Settings {
     }
 }
 
-/// The phase of a Backup that may be gone.
-pub fn phase(backup: Option<&Backup>) -> Option<&ConditionType> {
-    backup.and_then(Backup::phase)
-}
-
 /// When an `Action` asks to run again (`None`: on the next change). kube keeps the field private, so
 /// it is read from the `Debug` form, `Action { requeue_after: Some(1.5s) }`.
 pub fn requeue_after(action: &Action) -> Option<Duration> {
@@ -77,10 +79,9 @@ pub enum Pass {
     Requeue(Duration),
     AwaitChange,
     /// `reconcile` failed; `requeue` is what `error_policy` decided.
-    Failed {
-        error: String,
-        requeue: Option<Duration>,
-    },
+    Failed { error: String, requeue: Option<Duration> },
+    /// The pass panicked (a crash point fired): the process died there and a new one was started.
+    Crashed(String),
     /// The Backup does not exist (any more).
     Gone,
 }
@@ -92,6 +93,7 @@ pub struct WorldBuilder {
     volumes_per_store: usize,
     settings: Settings,
     backup_status_subresource: bool,
+    crashes_expected: bool,
 }
 
 impl WorldBuilder {
@@ -117,15 +119,35 @@ impl WorldBuilder {
         self
     }
 
+    /// A world whose processes crash where `scenario` says (and are restarted).
+    #[cfg(feature = "failpoints")]
+    pub fn crash_scenario(mut self, _scenario: &super::failpoints::CrashScenario) -> Self {
+        self.crashes_expected = true;
+        self
+    }
+
     /// Needs a Tokio runtime (the kube client spawns its buffer task).
     pub fn build(self) -> World {
+        let failpoints = (!self.crashes_expected).then(NoFailpoints::claim);
         let (api, pd, ec2, s3) = (FakeApiServer::new(), FakePd::new(), FakeSnapshots::new(), FakeS3::new());
         api.set_status_subresource::<Backup>(self.backup_status_subresource);
         s3.add_bucket(BUCKET);
         let cluster = cluster::seed(&api, &pd, &ec2, &self.namespace, &self.cluster, self.stores, self.volumes_per_store);
         let connectors = Arc::new(FakeConnectors::new(pd.clone(), ec2.clone(), s3.clone()));
         let (ctx, cache) = context(&api, &connectors, &self.settings);
-        World { api, pd, ec2, s3, connectors, cluster, ctx, cache: Mutex::new(cache), settings: self.settings }
+        World {
+            api,
+            pd,
+            ec2,
+            s3,
+            connectors,
+            cluster,
+            ctx: Mutex::new(ctx),
+            cache: Mutex::new(cache),
+            settings: self.settings,
+            crashes: Mutex::default(),
+            _failpoints: failpoints,
+        }
     }
 }
 
@@ -144,9 +166,13 @@ pub struct World {
     pub s3: FakeS3,
     pub connectors: Arc<FakeConnectors>,
     pub cluster: Cluster,
-    pub ctx: Arc<Context>,
+    ctx: Mutex<Arc<Context>>,
     cache: Mutex<Writer<Backup>>,
     settings: Settings,
+    /// The panic messages of the passes that crashed, in order.
+    crashes: Mutex<Vec<String>>,
+    /// `None` under a `CrashScenario`.
+    _failpoints: Option<NoFailpoints>,
 }
 
 impl World {
@@ -159,15 +185,27 @@ impl World {
             volumes_per_store: 1,
             settings: test_settings(),
             backup_status_subresource: false,
+            crashes_expected: false,
         }
     }
 
+    /// The running process's context.
+    pub fn ctx(&self) -> Arc<Context> {
+        self.ctx.lock().expect("ctx").clone()
+    }
+
     /// A new operator process over the same outside world: fresh context, cache and keepers (the old
-    /// keepers stop, as they would with the process).
-    pub fn restart(&mut self) {
+    /// keepers stop when the old context goes, as they would with the process).
+    pub fn restart(&self) {
         let (ctx, cache) = context(&self.api, &self.connectors, &self.settings);
-        self.ctx = ctx;
-        self.cache = Mutex::new(cache);
+        *self.ctx.lock().expect("ctx") = ctx;
+        *self.cache.lock().expect("cache") = cache;
+    }
+
+    /// The panic messages of the passes that crashed so far.
+    #[cfg(feature = "failpoints")]
+    pub fn crashes(&self) -> Vec<String> {
+        self.crashes.lock().expect("crashes").clone()
     }
 
     /// A volume-snapshot Backup of the seeded cluster, as the e2e suites write it (bucket `backups`,
@@ -216,12 +254,21 @@ impl World {
     pub async fn reconcile(&self, name: &str) -> Pass {
         self.sync_cache();
         let Some(backup) = self.backup(name) else { return Pass::Gone };
-        let backup = Arc::new(backup);
-        match crate::backup::reconcile(backup.clone(), self.ctx.clone()).await {
-            Ok(action) => requeue_after(&action).map_or(Pass::AwaitChange, Pass::Requeue),
-            Err(e) => {
-                let requeue = requeue_after(&crate::backup::error_policy(backup, &e, self.ctx.clone()));
+        let (backup, ctx) = (Arc::new(backup), self.ctx());
+        let pass = tokio::spawn(crate::backup::reconcile(backup.clone(), ctx.clone())).await;
+        match pass {
+            Ok(Ok(action)) => requeue_after(&action).map_or(Pass::AwaitChange, Pass::Requeue),
+            Ok(Err(e)) => {
+                let requeue = requeue_after(&crate::backup::error_policy(backup, &e, ctx));
                 Pass::Failed { error: e.to_string(), requeue }
+            }
+            Err(e) => {
+                let message = panic_message(e);
+                assert!(self._failpoints.is_none(), "reconcile of {name} panicked: {message}");
+                drop(ctx);
+                self.crashes.lock().expect("crashes").push(message.clone());
+                self.restart();
+                Pass::Crashed(message)
             }
         }
     }
@@ -244,6 +291,7 @@ impl World {
             }
             passes.push(format!("{:?} -> {pass:?}", phase(after.as_ref())));
             match pass {
+                Pass::Crashed(message) => tracing::info!(backup = name, %message, "the process crashed; a new one goes on"),
                 Pass::Requeue(after) | Pass::Failed { requeue: Some(after), .. } => tokio::time::sleep(after).await,
                 _ if changed => {}
                 _ if done(after.as_ref()) => return after,
@@ -251,4 +299,9 @@ impl World {
             }
         }
     }
+}
+
+fn panic_message(error: tokio::task::JoinError) -> String {
+    let Ok(payload) = error.try_into_panic() else { return "the pass was cancelled".into() };
+    payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "a panic".into())
 }

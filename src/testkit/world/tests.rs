@@ -1,35 +1,14 @@
 //! Whole backups on the fakes: the proof that `reconcile` runs end to end without a stack.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams};
 
 use super::*;
-use crate::api::BACKUP_PROTECTION_FINALIZER;
+use crate::api::{BACKUP_PROTECTION_FINALIZER, ConditionType};
 use crate::aws::SnapshotState;
 use crate::testkit::{ApiFault, AwsFault, Ec2Method, PdFault, PdMethod, Times, Verb};
-
-fn is(phase_wanted: ConditionType) -> impl Fn(Option<&Backup>) -> bool {
-    move |b| phase(b) == Some(&phase_wanted)
-}
-
-/// volume id -> snapshot id, as `backupmeta` records them.
-fn snapshots_in_meta(world: &World, prefix: &str) -> BTreeMap<String, String> {
-    let body = world.s3.object(BUCKET, &format!("{prefix}/backupmeta")).expect("backupmeta written");
-    let meta: Value = serde_json::from_slice(&body).expect("backupmeta is JSON");
-    let volumes = meta["tikv"]["stores"].as_array().into_iter().flatten().flat_map(|s| s["volumes"].as_array().into_iter().flatten());
-    volumes.map(|v| (v["volume_id"].as_str().unwrap().to_string(), v["snapshot_id"].as_str().unwrap().to_string())).collect()
-}
-
-fn snapshots_taken(world: &World) -> BTreeMap<String, String> {
-    let snapshots = world.ec2.snapshots();
-    let by_volume: BTreeMap<String, String> = snapshots.iter().map(|s| (s.volume_id.clone(), s.snapshot_id.clone())).collect();
-    assert_eq!(by_volume.len(), snapshots.len(), "no volume is snapshotted twice");
-    by_volume
-}
 
 #[test]
 fn requeues_are_read_from_actions() {
@@ -52,7 +31,7 @@ async fn a_backup_completes_with_one_snapshot_per_volume_and_its_deletion_cleans
     assert!(!world.pd.is_paused(), "PD is resumed once the snapshots are started");
     assert_eq!(world.pd.safepoint(&format!("tidb-ebs-backup-{uid}")), None);
     assert!(!world.pd.calls_of(PdMethod::PauseScheduler).is_empty());
-    let taken = snapshots_taken(&world);
+    let taken = world.snapshots_taken();
     let mut expected = world.cluster.tikv_volume_ids();
     expected.sort();
     assert_eq!(taken.keys().cloned().collect::<Vec<_>>(), expected, "every TiKV volume, no foreign, root or PD one");
@@ -63,7 +42,7 @@ async fn a_backup_completes_with_one_snapshot_per_volume_and_its_deletion_cleans
         assert_eq!(calls.iter().filter(|c| **c == call).count(), 1, "one call per instance, the foreign volume left out: {calls:?}");
     }
     assert!(world.ec2.snapshots().iter().all(|s| s.state == SnapshotState::Pending));
-    assert_eq!(snapshots_in_meta(&world, "b1"), taken);
+    assert_eq!(world.snapshots_in_meta("b1"), taken);
 
     world.ec2.complete_all();
     let done = world.run_until("b1", is(ConditionType::Complete)).await.unwrap();
@@ -79,8 +58,7 @@ async fn a_backup_completes_with_one_snapshot_per_volume_and_its_deletion_cleans
 
     // The Backup's own credentials fail at clean-up: the operator's identity is used instead.
     world.connectors.fail_credentials(Times::Next(1));
-    let api: Api<Backup> = Api::namespaced(world.ctx.client.clone(), "tidb");
-    api.delete("b1", &DeleteParams::default()).await.unwrap();
+    world.delete_backup("b1").await;
     assert!(world.backup("b1").unwrap().metadata.deletion_timestamp.is_some(), "held by its finalizer");
     assert!(world.run_until("b1", |b| b.is_none()).await.is_none());
     assert!(world.ec2.snapshots().is_empty(), "cleanPolicy Delete deletes the snapshots");
@@ -100,12 +78,12 @@ async fn the_projects_crd_with_a_status_subresource_and_an_irsa_identity() {
     assert!(!world.api.requests_matching(Verb::Patch, "/backups/b2/status$").is_empty(), "status went through /status");
     assert!(!world.api.requests_matching(Verb::Create, "/serviceaccounts/backup-sa/token$").is_empty());
     assert!(world.connectors.identities().iter().all(|i| i.contains("(IRSA web identity)")));
-    assert_eq!(snapshots_in_meta(&world, "b2"), snapshots_taken(&world));
+    assert_eq!(world.snapshots_in_meta("b2"), world.snapshots_taken());
 }
 
 #[tokio::test]
 async fn lost_answers_conflicts_and_a_restart_neither_repeat_nor_lose_a_snapshot() {
-    let mut world = World::builder().build();
+    let world = World::builder().build();
     world.create_backup("b3", json!({}));
     // One CreateSnapshots call takes effect, but its answer is lost.
     world.ec2.fail(Ec2Method::CreateSnapshots, Times::Next(1), AwsFault::Ambiguous);
@@ -117,9 +95,9 @@ async fn lost_answers_conflicts_and_a_restart_neither_repeat_nor_lose_a_snapshot
     world.restart();
     world.ec2.complete_all();
     world.run_until("b3", is(ConditionType::Complete)).await;
-    let taken = snapshots_taken(&world);
+    let taken = world.snapshots_taken();
     assert_eq!(taken.len(), world.cluster.tikv_volume_ids().len());
-    assert_eq!(snapshots_in_meta(&world, "b3"), taken);
+    assert_eq!(world.snapshots_in_meta("b3"), taken);
     assert!(!world.pd.is_paused());
 }
 

@@ -1,17 +1,21 @@
 //! EC2 instances, EBS volumes and snapshots. CreateSnapshots takes every attached data volume of an
 //! instance but the excluded ones, copies the volumes' tags and adds the call's; snapshots stay
 //! `pending` until the test completes them (or, with `complete_after_describes`, after that many
-//! DescribeSnapshots). Sizes: a snapshot holds its volume's written bytes at creation; the bytes changed
-//! between two snapshots are the difference.
+//! DescribeSnapshots), or end in `error` for a volume the test broke. Sizes: a snapshot holds its
+//! volume's written bytes at creation; the bytes changed between two snapshots are the difference.
+//! CreateSnapshots can be metered as AWS meters it (a token bucket per account and Region), answering
+//! `RequestLimitExceeded` beyond it.
 
-use std::collections::BTreeMap;
+mod state;
+
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::Instant;
 
 use async_trait::async_trait;
 
 use super::{AwsCall, AwsFault, Gate, Operation, answer, service_error};
 use crate::aws::{AwsError, CreatedSnapshot, Result, SnapshotInfo, SnapshotState, Snapshots, VolumeInfo};
+use state::{Ec2, Meter, Volume, settle};
 use crate::testkit::faults::Times;
 
 const GIB: u64 = 1 << 30;
@@ -49,64 +53,6 @@ impl Operation for Ec2Method {
     }
 }
 
-struct Volume {
-    info: VolumeInfo,
-    tags: Vec<(String, String)>,
-    written_bytes: u64,
-}
-
-struct Snapshot {
-    info: SnapshotInfo,
-    /// Creation order (start times may tie).
-    seq: u64,
-    bytes: u64,
-    describes: u32,
-}
-
-#[derive(Default)]
-struct Ec2 {
-    volumes: BTreeMap<String, Volume>,
-    /// instance id -> root volume id.
-    instances: BTreeMap<String, String>,
-    snapshots: BTreeMap<String, Snapshot>,
-    next_id: u64,
-    complete_after: Option<u32>,
-}
-
-impl Ec2 {
-    fn new_id(&mut self, prefix: &str) -> String {
-        self.next_id += 1;
-        format!("{prefix}-{:017x}", self.next_id)
-    }
-
-    fn add_snapshot(&mut self, volume_id: &str, state: SnapshotState, tags: &[(String, String)]) -> String {
-        let snapshot_id = self.new_id("snap");
-        let volume = &self.volumes[volume_id];
-        let mut all_tags = volume.tags.clone();
-        all_tags.retain(|(k, _)| !tags.iter().any(|(key, _)| key == k));
-        all_tags.extend(tags.iter().cloned());
-        let info = SnapshotInfo {
-            snapshot_id: snapshot_id.clone(),
-            volume_id: volume_id.into(),
-            progress: if state == SnapshotState::Completed { 100.0 } else { 0.0 },
-            state,
-            full_size_bytes: None,
-            volume_size_gib: volume.info.size_gib,
-            start_time: Some(SystemTime::now()),
-            state_message: None,
-            tags: all_tags,
-        };
-        let snapshot = Snapshot { info, seq: self.next_id, bytes: volume.written_bytes, describes: 0 };
-        self.snapshots.insert(snapshot_id.clone(), snapshot);
-        snapshot_id
-    }
-
-    fn matching(&self, keep: impl Fn(&SnapshotInfo) -> bool) -> Vec<SnapshotInfo> {
-        let mut found: Vec<&Snapshot> = self.snapshots.values().filter(|s| keep(&s.info)).collect();
-        found.sort_by_key(|s| s.seq);
-        found.into_iter().map(|s| s.info.clone()).collect()
-    }
-}
 
 #[derive(Clone, Default)]
 pub struct FakeSnapshots {
@@ -165,15 +111,35 @@ impl FakeSnapshots {
         self.lock().add_snapshot(volume_id, SnapshotState::Completed, &tags)
     }
 
+    /// A snapshot that is pending, as one of an earlier backup (or someone else's) still running.
+    pub fn add_pending_snapshot(&self, volume_id: &str, tags: &[(&str, &str)]) -> String {
+        let tags: Vec<_> = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.lock().add_snapshot(volume_id, SnapshotState::Pending, &tags)
+    }
+
+    /// From now on the snapshots of `volume_id` end in `error` (with `message`) instead of completing.
+    pub fn break_volume(&self, volume_id: &str, message: &str) {
+        self.lock().broken_volumes.insert(volume_id.into(), message.into());
+    }
+
+    /// Meters CreateSnapshots as AWS does: a bucket of `burst` calls refilled at `refill_per_second`;
+    /// a call that finds it empty is refused with `RequestLimitExceeded` and does nothing.
+    pub fn meter_create_snapshots(&self, burst: u32, refill_per_second: f64) {
+        let burst = f64::from(burst);
+        self.lock().meter = Some(Meter { burst, refill_per_second, tokens: burst, at: Instant::now() });
+    }
+
     /// From now on a pending snapshot completes on its `n`th DescribeSnapshots (`None`: only when told).
     pub fn complete_after_describes(&self, n: Option<u32>) {
         self.lock().complete_after = n.map(|n| n.max(1));
     }
 
+    /// The snapshot completes (or ends in `error`, if its volume is broken).
     pub fn complete(&self, snapshot_id: &str) {
-        if let Some(s) = self.lock().snapshots.get_mut(snapshot_id) {
-            s.info.state = SnapshotState::Completed;
-            s.info.progress = 100.0;
+        let mut ec2 = self.lock();
+        let Ec2 { snapshots, broken_volumes, .. } = &mut *ec2;
+        if let Some(s) = snapshots.get_mut(snapshot_id) {
+            settle(s, broken_volumes);
         }
     }
 
@@ -197,6 +163,11 @@ impl FakeSnapshots {
 
     pub fn fail(&self, method: Ec2Method, times: Times, fault: AwsFault) {
         self.gate.fail(method, times, fault);
+    }
+
+    /// As `fail`, for calls whose detail contains `detail` (CreateSnapshots: the instance id).
+    pub fn fail_where(&self, method: Ec2Method, detail: &str, times: Times, fault: AwsFault) {
+        self.gate.fail_where(method, detail, times, fault);
     }
 
     pub fn clear_faults(&self) {
@@ -235,6 +206,10 @@ impl Snapshots for FakeSnapshots {
     async fn create_snapshots(&self, instance_id: &str, exclude_volume_ids: &[String], tags: &[(String, String)]) -> Result<Vec<CreatedSnapshot>> {
         let lost = self.gate.enter(Ec2Method::CreateSnapshots, format!("{instance_id} excluding [{}]", exclude_volume_ids.join(","))).await?;
         let mut ec2 = self.lock();
+        if ec2.meter.as_mut().is_some_and(|meter| !meter.admit()) {
+            let message = "Request limit exceeded (the fake's CreateSnapshots meter is empty)".into();
+            return Err(AwsError::Throttled { operation: "CreateSnapshots", code: "RequestLimitExceeded".into(), message });
+        }
         let Some(root) = ec2.instances.get(instance_id).cloned() else {
             return Err(service_error("CreateSnapshots", "InvalidInstanceID.NotFound", format!("The instance ID '{instance_id}' does not exist")));
         };
@@ -257,15 +232,15 @@ impl Snapshots for FakeSnapshots {
     async fn describe_snapshots(&self, snapshot_ids: &[String]) -> Result<Vec<SnapshotInfo>> {
         let lost = self.gate.enter(Ec2Method::DescribeSnapshots, snapshot_ids.join(",")).await?;
         let mut ec2 = self.lock();
-        let complete_after = ec2.complete_after;
+        let Ec2 { snapshots, broken_volumes, complete_after, .. } = &mut *ec2;
         let mut found = Vec::new();
         for id in snapshot_ids {
-            let Some(s) = ec2.snapshots.get_mut(id) else { continue };
-            if let (Some(n), SnapshotState::Pending) = (complete_after, s.info.state) {
+            let Some(s) = snapshots.get_mut(id) else { continue };
+            if let (Some(n), SnapshotState::Pending) = (*complete_after, s.info.state) {
                 s.describes += 1;
                 s.info.progress = (f64::from(s.describes) * 100.0 / f64::from(n)).min(100.0);
                 if s.describes >= n {
-                    s.info.state = SnapshotState::Completed;
+                    settle(s, broken_volumes);
                 }
             }
             found.push(s.info.clone());

@@ -73,6 +73,8 @@ async fn clean(cx: &mut BackupRun<'_>) -> Result<Option<Duration>> {
             let message = format!("deleted this backup's {count} snapshots and its data under {}", aws.meta.location());
             // Logged too: in a namespace being deleted the Event cannot be created.
             tracing::info!(%message, "clean-up done");
+            // The phase stays `Clean`, so no phase Event says it is done: this one does.
+            cx.journal.events.normal(Reason::Cleaned, &message, "Clean").await;
             cx.journal.condition(NewCondition::truthy(ConditionType::Clean).because(Reason::Cleaned, message)).await?;
             cx.journal.set_finalizer(false).await?;
             cx.ctx.metrics.cleanup("cleaned");

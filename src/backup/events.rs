@@ -23,6 +23,10 @@ impl Publisher {
         self.publish_raw(true, reason.as_str(), note, action).await;
     }
 
+    pub async fn normal(&self, reason: Reason, note: &str, action: &str) {
+        self.publish_raw(false, reason.as_str(), note, action).await;
+    }
+
     /// An Event whose reason is a condition's (TiDB Operator's phases keep their own names).
     pub async fn publish_raw(&self, warning: bool, reason: &str, note: &str, action: &str) {
         let event = Event {

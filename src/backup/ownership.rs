@@ -82,40 +82,35 @@ pub async fn prefix_owner(backup: &Backup, aws: &AwsClients) -> Result<PrefixOwn
     }
 }
 
-/// Deletes this Backup's `backupmeta` and lock, and nothing of anyone else's. Returns whether a
-/// `backupmeta` was deleted. `meta_written` (the backup wrote one) decides for a legacy prefix without a lock.
+/// Deletes this Backup's `backupmeta` and lock, and nothing of anyone else's; returns whether a
+/// `backupmeta` was deleted. A `backupmeta` is ours only if it lists snapshots, all of them ours: something
+/// that knows nothing of our lock (BR) may have written one at the prefix meanwhile. On a prefix from
+/// before locks existed it must also be one this backup wrote (`meta_written`).
 pub async fn delete_own_meta(backup: &Backup, meta_written: bool, aws: &AwsClients, own_snapshots: &BTreeSet<String>) -> Result<bool, DataError> {
     let location = aws.meta.location();
-    let owner = prefix_owner(backup, aws).await.map_err(|e| DataError::Meta { what: format!("reading {location}/{LOCK_FILE}"), source: e })?;
-    let ours = match &owner {
-        PrefixOwner::Us => true,
-        PrefixOwner::Other(who) => {
-            tracing::info!(%who, "the prefix belongs to another Backup; its backupmeta is left alone");
-            false
-        }
-        // A prefix written before locks existed: ours only if we wrote a backupmeta there and every
-        // snapshot it lists is ours.
-        PrefixOwner::Nobody => {
-            meta_written
-                && match aws.meta.get(meta::META_FILE).await.map_err(|e| DataError::Meta { what: "reading backupmeta".into(), source: e })? {
-                    Some(body) => {
-                        serde_json::from_slice(&body).is_ok_and(|m| meta::snapshot_ids_in_meta(&m).iter().all(|id| own_snapshots.contains(id)))
-                    }
-                    None => false,
-                }
-        }
-    };
-    if !ours {
+    let meta_error = |what: String| move |source| DataError::Meta { what, source };
+    let owner = prefix_owner(backup, aws).await.map_err(meta_error(format!("reading {location}/{LOCK_FILE}")))?;
+    if let PrefixOwner::Other(who) = &owner {
+        tracing::info!(%who, "the prefix belongs to another Backup; its backupmeta is left alone");
         return Ok(false);
     }
-    let had_meta = aws.meta.exists(meta::META_FILE).await.map_err(|e| DataError::Meta { what: "reading backupmeta".into(), source: e })?;
-    if had_meta {
-        aws.meta.delete(meta::META_FILE).await.map_err(|e| DataError::Meta { what: "deleting backupmeta".into(), source: e })?;
+    let listed_ours = match aws.meta.get(meta::META_FILE).await.map_err(meta_error("reading backupmeta".into()))? {
+        Some(body) => serde_json::from_slice(&body).is_ok_and(|m| {
+            let listed = meta::snapshot_ids_in_meta(&m);
+            !listed.is_empty() && listed.iter().all(|id| own_snapshots.contains(id))
+        }),
+        None => false,
+    };
+    let ours = listed_ours && (owner == PrefixOwner::Us || meta_written);
+    if ours {
+        aws.meta.delete(meta::META_FILE).await.map_err(meta_error("deleting backupmeta".into()))?;
+    } else {
+        tracing::info!("the backupmeta at the prefix is not this backup's; it is left alone");
     }
     if owner == PrefixOwner::Us {
-        aws.meta.delete(LOCK_FILE).await.map_err(|e| DataError::Meta { what: format!("deleting {LOCK_FILE}"), source: e })?;
+        aws.meta.delete(LOCK_FILE).await.map_err(meta_error(format!("deleting {LOCK_FILE}")))?;
     }
-    Ok(had_meta)
+    Ok(ours)
 }
 
 /// Deleting a backup's data failed.

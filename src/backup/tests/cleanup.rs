@@ -40,7 +40,6 @@ async fn delete_deletes_the_snapshots_the_backupmeta_and_the_lock() {
 }
 
 #[tokio::test]
-#[ignore = "bug: the end of a clean-up publishes no Event: Clean(False, Cleaning) -> Clean(True, Cleaned) keeps the phase, and Journal::save publishes on phase changes only"]
 async fn the_end_of_a_clean_up_is_announced_by_an_event() {
     let world = World::builder().stores(2).build();
     completed_then_deleted(&world, json!({"cleanPolicy": "Delete"})).await;
@@ -137,7 +136,9 @@ async fn a_clean_up_no_identity_can_do_is_retried_until_released_by_annotation()
 #[tokio::test]
 async fn a_retain_backup_deleted_mid_pause_resumes_pd_at_once_and_its_snapshots_are_reported_orphans() {
     let world = World::builder().stores(2).settings(|s| s.pause_ttl = Duration::from_secs(6)).build();
-    world.ec2.fail(crate::testkit::Ec2Method::CreateSnapshots, Times::Always, crate::testkit::AwsFault::Delay(Duration::from_millis(300)));
+    world
+        .ec2
+        .fail(crate::testkit::Ec2Method::CreateSnapshots, Times::Always, crate::testkit::AwsFault::Delay(Duration::from_millis(300)));
     world.create_backup("b", json!({"cleanPolicy": "Retain"}));
     let uid = world.uid("b");
     let deleted_mid_pause = async {

@@ -53,7 +53,8 @@ fn crash_points_in(dir: &Path) -> BTreeSet<String> {
             Some(ext) if ext == "rs" => {
                 let text = std::fs::read_to_string(&path).expect("a source file");
                 let code = text.lines().filter(|l| !l.trim_start().starts_with("//"));
-                code.flat_map(|l| l.split(pattern).skip(1).map(|rest| rest.split('"').next().unwrap_or_default().to_string()).collect::<Vec<_>>()).collect()
+                code.flat_map(|l| l.split(pattern).skip(1).map(|rest| rest.split('"').next().unwrap_or_default().to_string()).collect::<Vec<_>>())
+                    .collect()
             }
             _ => BTreeSet::new(),
         })

@@ -60,7 +60,6 @@ async fn a_prefix_taken_over_mid_backup_fails_it_and_the_new_owners_lock_stays()
 }
 
 #[tokio::test]
-#[ignore = "bug: the failure step deletes a backupmeta this backup did not write (ownership::delete_own_meta ignores meta_written under our own lock)"]
 async fn a_backupmeta_written_by_someone_else_mid_backup_is_not_deleted_by_the_failure() {
     let world = World::builder().stores(2).build();
     world.create_backup("b", json!({"cleanPolicy": "OnFailure"}));
@@ -79,7 +78,8 @@ async fn snapshots_that_cannot_be_deleted_are_reported_and_deleting_the_backup_f
     world.ec2.break_volume(&broken, "I/O error");
     world.ec2.complete_after_describes(Some(1));
     world.ec2.fail(Ec2Method::DeleteSnapshot, Times::Next(1), AwsFault::code("UnauthorizedOperation"));
-    let failed = fails_with(&world, "b", json!({"cleanPolicy": "Delete", "cleanOption": {"snapshotsDeleteRatio": 100.0}}), Reason::SnapshotFailed).await;
+    let failed =
+        fails_with(&world, "b", json!({"cleanPolicy": "Delete", "cleanOption": {"snapshotsDeleteRatio": 100.0}}), Reason::SnapshotFailed).await;
     let message = condition(&failed, ConditionType::Failed).unwrap().message.unwrap();
     assert!(message.contains("could not delete this backup's snapshots") && message.contains("UnauthorizedOperation"), "{message}");
     assert!(!world.record("b").snapshots_deleted);

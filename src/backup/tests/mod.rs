@@ -19,8 +19,8 @@ use serde_json::json;
 
 use crate::api::{Backup, ConditionType};
 use crate::reason::Reason;
-use crate::testkit::world::{BUCKET, World, failure_reason, is};
 use crate::testkit::Ec2Method;
+use crate::testkit::world::{BUCKET, World, failure_reason, is};
 
 /// The service GC safepoint a backup holds while paused.
 fn safepoint_id(uid: &str) -> String {

@@ -106,7 +106,6 @@ async fn a_second_backup_of_the_cluster_waits_for_the_first_then_runs() {
 }
 
 #[tokio::test]
-#[ignore = "bug: Settings::pending_snapshot_limit (--pending-snapshot-limit) is never read; no step waits for room (Reason::PendingSnapshotQuota is never given)"]
 async fn a_region_without_room_for_the_snapshots_waits_before_pausing() {
     let world = World::builder().stores(3).settings(|s| s.pending_snapshot_limit = 4).build();
     // Two of someone else's snapshots are pending: room for two more, and this backup needs three.

@@ -47,7 +47,11 @@ async fn pd_unreachable_at_resume_still_completes_with_a_warning() {
     let done = world.run_until("b", is(ConditionType::Complete)).await.unwrap();
     assert_consistent(&world, "b");
     assert!(world.record("b").resumed, "recorded as done: PD drops the pause by its TTL");
-    let (_, _, note) = world.events().into_iter().find(|(type_, reason, _)| type_ == "Warning" && reason == Reason::PDResumeFailed.as_str()).expect("a PDResumeFailed Warning");
+    let (_, _, note) = world
+        .events()
+        .into_iter()
+        .find(|(type_, reason, _)| type_ == "Warning" && reason == Reason::PDResumeFailed.as_str())
+        .expect("a PDResumeFailed Warning");
     assert!(note.contains("the snapshots are consistent") && note.contains("30s"), "{note}");
     assert!(world.pd.is_paused(), "left to PD's TTL, as the Warning says");
     assert!(world.ctx().keepers.guard(&world.uid("b")).is_none(), "and no keeper refreshes it");

@@ -79,7 +79,10 @@ pub enum Pass {
     Requeue(Duration),
     AwaitChange,
     /// `reconcile` failed; `requeue` is what `error_policy` decided.
-    Failed { error: String, requeue: Option<Duration> },
+    Failed {
+        error: String,
+        requeue: Option<Duration>,
+    },
     /// The pass panicked (a crash point fired): the process died there and a new one was started.
     Crashed(String),
     /// The Backup does not exist (any more).
@@ -303,5 +306,9 @@ impl World {
 
 fn panic_message(error: tokio::task::JoinError) -> String {
     let Ok(payload) = error.try_into_panic() else { return "the pass was cancelled".into() };
-    payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "a panic".into())
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic".into())
 }

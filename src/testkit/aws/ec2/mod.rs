@@ -15,8 +15,8 @@ use async_trait::async_trait;
 
 use super::{AwsCall, AwsFault, Gate, Operation, answer, service_error};
 use crate::aws::{AwsError, CreatedSnapshot, Result, SnapshotInfo, SnapshotState, Snapshots, VolumeInfo};
-use state::{Ec2, Meter, Volume, settle};
 use crate::testkit::faults::Times;
+use state::{Ec2, Meter, Volume, settle};
 
 const GIB: u64 = 1 << 30;
 
@@ -52,7 +52,6 @@ impl Operation for Ec2Method {
         }
     }
 }
-
 
 #[derive(Clone, Default)]
 pub struct FakeSnapshots {

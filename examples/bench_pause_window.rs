@@ -575,7 +575,8 @@ async fn main() {
     let stack = Stack::get();
     let ec2 = stack.ec2_client_without_retries().await;
     let ours_args = config.ours_args.clone();
-    let br_args = vec!["--snapshot-concurrency".to_string(), config.br_concurrency.clone()];
+    // BR-like: the same steps, 8 calls at a time, with any extra flags given to "ours" (e.g. the quota).
+    let br_args = [vec!["--snapshot-concurrency".to_string(), config.br_concurrency.clone()], ours_args.clone()].concat();
     println!(
         "operator: {} ({})",
         std::env::var("OPERATOR_BIN").unwrap_or_default(),

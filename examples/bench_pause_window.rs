@@ -572,8 +572,6 @@ async fn main() {
     let config = Config::from_env();
     let stack = Stack::get();
     let ec2 = stack.ec2_client_without_retries().await;
-    let ours_args = config.ours_args.clone();
-    let br_args = vec!["--snapshot-concurrency".to_string(), config.br_concurrency.clone()];
     println!(
         "operator: {} ({})",
         std::env::var("OPERATOR_BIN").unwrap_or_default(),
@@ -581,11 +579,17 @@ async fn main() {
     );
     let help = std::env::var("OPERATOR_BIN").ok().and_then(|bin| std::process::Command::new(bin).arg("--help").output().ok());
     let help = help.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    let flags: Vec<&str> = ["--snapshot-concurrency", "--create-snapshots-burst", "--create-snapshots-refill-per-second"]
+    let flags: Vec<&str> = ["--snapshot-concurrency", "--create-snapshots-burst", "--create-snapshots-refill-per-second", "--pending-snapshot-limit"]
         .into_iter()
         .filter(|f| help.contains(f))
         .collect();
-    println!("ours: default flags {ours_args:?}; BR-like: {br_args:?}; the binary has {flags:?}");
+    // The emulator keeps no snapshot pending (they complete at once) and its quota is off, so the operator's
+    // preflight against AWS's default quota of 100 pending snapshots would only refuse the larger sizes.
+    let quota: Vec<String> =
+        if flags.contains(&"--pending-snapshot-limit") { vec!["--pending-snapshot-limit".into(), "1000000".into()] } else { vec![] };
+    let ours_args: Vec<String> = quota.iter().chain(&config.ours_args).cloned().collect();
+    let br_args: Vec<String> = quota.iter().cloned().chain(["--snapshot-concurrency".to_string(), config.br_concurrency.clone()]).collect();
+    println!("ours: {ours_args:?}; BR-like: {br_args:?}; the binary has {flags:?}");
     println!(
         "PD: {} ({}); AWS: moto emulator, CreateSnapshots latency injected with /_emulator/latency",
         stack.pd_url,

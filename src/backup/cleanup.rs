@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use super::Result;
 use super::context::AwsClients;
+use super::error::Result;
 use super::meta::TAG_BACKUP_UID;
 use super::ownership::{DataError, delete_own_meta, delete_snapshots, snapshots_created};
 use super::resume::resume_and_record;
-use super::run::BackupRun;
+use super::step::BackupRun;
 use crate::api::condition::NewCondition;
 use crate::api::{Backup, CleanPolicy, ConditionStatus, ConditionType};
 use crate::reason::Reason;

@@ -5,16 +5,19 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use super::journal::unix_now;
+use super::clock::unix_now;
 use super::record::Failure;
-use super::run::{BackupRun, Outcome, StepResult, transient};
-use super::{SNAPSHOT_PROGRESS_STEP, cleanup, sizes};
+use super::step::{BackupRun, Outcome, StepResult, transient};
+use super::{cleanup, sizes};
 use crate::api::condition::{NewCondition, set_condition, set_progress};
 use crate::api::format::{go_duration, human_bytes};
 use crate::api::{CleanPolicy, ConditionType};
 use crate::aws::SnapshotState;
 use crate::aws::retry::retry_throttled;
 use crate::reason::Reason;
+
+/// The name of the snapshot step in `.status.progresses`.
+pub const SNAPSHOT_PROGRESS_STEP: &str = "Snapshot";
 
 pub async fn wait_snapshots(cx: &mut BackupRun<'_>) -> StepResult {
     let aws = cx.clients.aws(&cx.journal.backup).await.map_err(transient)?;

@@ -144,7 +144,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub backups: Store<Backup>,
     pub keepers: super::pause::keeper::Keepers,
-    pub error_backoff: super::ErrorBackoff,
+    pub error_backoff: super::backoff::ErrorBackoff,
     /// Paces CreateSnapshots across every backup of this operator (AWS meters the account and Region).
     pub create_snapshots_bucket: Arc<crate::aws::rate::TokenBucket>,
     pub metrics: Arc<crate::metrics::Metrics>,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::ownership::{DataError, delete_own_meta, delete_snapshots, snapshots_created};
 use super::record::Failure;
 use super::resume::resume_and_record;
-use super::run::{BackupRun, Outcome, StepResult};
+use super::step::{BackupRun, Outcome, StepResult};
 use crate::api::ConditionType;
 use crate::api::condition::{NewCondition, set_condition};
 

@@ -7,23 +7,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
 
-use super::Result;
+use super::clock::now_time;
 use super::context::Context;
+use super::error::Result;
 use super::events::Publisher;
 use super::record::{BackupRecord, Failure, RECORD_ANNOTATION};
 use crate::api::condition::{NewCondition, set_condition};
 use crate::api::{BACKUP_PROTECTION_FINALIZER, Backup, BackupStatus, ConditionType};
 use crate::k8s::StatusWriter;
 use crate::metrics::Metrics;
-
-/// Now, to the second: Kubernetes stores times to the second, so anything finer would never compare equal.
-pub fn now_time() -> Time {
-    Time(jiff::Timestamp::from_second(unix_now()).expect("now is a valid timestamp"))
-}
-
-pub fn unix_now() -> i64 {
-    jiff::Timestamp::now().as_second()
-}
 
 pub struct Journal {
     api: Api<Backup>,
@@ -48,7 +40,7 @@ fn pin_spec(backup: &mut Backup, record: &BackupRecord) {
 impl Journal {
     pub fn open(ctx: &Context, mut backup: Backup) -> Result<Self> {
         let api = Api::namespaced(ctx.client.clone(), backup.metadata.namespace.as_deref().unwrap_or_default());
-        let record = BackupRecord::of(&backup).map_err(super::Error::Record)?;
+        let record = BackupRecord::of(&backup).map_err(super::error::Error::Record)?;
         if let Some(pinned) = &record.spec
             && (pinned.s3 != backup.spec.s3 || pinned.backup_mode != backup.spec.backup_mode || pinned.br != backup.spec.br)
         {

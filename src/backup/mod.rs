@@ -3,11 +3,14 @@
 //! is a module (`preflight`, `pause`, `snapshot`, `resume`, `write_meta`, `complete`, `failure`,
 //! `cleanup`); `journal` is the one writer of the record, status and finalizer.
 
+mod backoff;
 pub mod claim;
 pub mod cleanup;
 mod clients;
+pub mod clock;
 mod complete;
 pub mod context;
+mod error;
 pub mod events;
 mod failure;
 pub mod journal;
@@ -23,6 +26,7 @@ mod resume;
 pub mod run;
 mod sizes;
 mod snapshot;
+pub mod step;
 mod write_meta;
 
 use std::sync::Arc;
@@ -36,40 +40,17 @@ use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
 use crate::api::Backup;
-use crate::reason::Reason;
+pub use backoff::ErrorBackoff;
+pub use complete::SNAPSHOT_PROGRESS_STEP;
 pub use context::{Context, Settings};
+pub use error::{Error, Result};
 pub use run::SELECTOR_LABEL;
-
-/// The name of the snapshot step in `.status.progresses`.
-pub const SNAPSHOT_PROGRESS_STEP: &str = "Snapshot";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Status(#[from] crate::k8s::StatusWriterError),
-    #[error("the Backup's record annotation is unreadable: {0}")]
-    Record(record::RecordError),
-}
-
-impl Error {
-    pub fn reason(&self) -> Reason {
-        match self {
-            Self::Kube(_) => Reason::KubernetesAPIFailed,
-            Self::Status(_) => Reason::StatusWriteFailed,
-            Self::Record(_) => Reason::RecordUnreadable,
-        }
-    }
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action> {
     let span = tracing::info_span!("backup", namespace = %backup.namespace().unwrap_or_default(), name = %backup.name_any());
     async move {
         // Judged on the spec the backup started with: an edit mid-flight does not make it someone else's.
-        let run = run::BackupRun::new(&ctx, (*backup).clone())?;
+        let run = step::BackupRun::new(&ctx, (*backup).clone())?;
         if !run.journal.backup.is_volume_snapshot() || run.journal.backup.spec.federal_volume_backup_phase.is_some() {
             return Ok(Action::await_change());
         }
@@ -95,25 +76,6 @@ pub fn error_policy(backup: Arc<Backup>, error: &Error, ctx: Arc<Context>) -> Ac
     match error {
         Error::Record(_) => Action::await_change(),
         _ => Action::requeue(ctx.error_backoff.failed(backup.meta().uid.as_deref().unwrap_or_default())),
-    }
-}
-
-/// Consecutive reconcile errors per Backup: the retry waits 5 s, doubling up to a minute, so a lasting
-/// refusal (a missing permission) is not retried and logged every 5 s for ever, while a pass that works
-/// starts over. A minute at most, because a backup in flight must not wait long once Kubernetes is back.
-#[derive(Default)]
-pub struct ErrorBackoff(std::sync::Mutex<std::collections::HashMap<String, u32>>);
-
-impl ErrorBackoff {
-    pub fn failed(&self, uid: &str) -> Duration {
-        let mut errors = self.0.lock().expect("error backoff");
-        let count = errors.entry(uid.to_string()).or_default();
-        *count = count.saturating_add(1);
-        (Duration::from_secs(5) * 2u32.saturating_pow(*count - 1).min(12)).min(Duration::from_secs(60))
-    }
-
-    pub fn succeeded(&self, uid: &str) {
-        self.0.lock().expect("error backoff").remove(uid);
     }
 }
 
@@ -179,21 +141,6 @@ pub async fn run(
         _ = shutdown => tracing::info!("shutting down; in-flight work is dropped and resumes from its record"),
     }
     orphan_scan.abort();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reconcile_errors_back_off_per_backup_and_reset_on_success() {
-        let backoff = ErrorBackoff::default();
-        let delays: Vec<u64> = (0..6).map(|_| backoff.failed("a").as_secs()).collect();
-        assert_eq!(delays, [5, 10, 20, 40, 60, 60]);
-        assert_eq!(backoff.failed("b").as_secs(), 5, "per Backup");
-        backoff.succeeded("a");
-        assert_eq!(backoff.failed("a").as_secs(), 5);
-    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use super::journal::unix_now;
-use super::run::{BackupRun, Outcome, StepResult};
+use super::clock::unix_now;
+use super::step::{BackupRun, Outcome, StepResult};
 use crate::reason::Reason;
 
 /// Undoes the pause, if any. Quick retries first: a PD blip must not leave the pause to its TTL.
@@ -27,7 +27,7 @@ pub async fn resume_pd(cx: &mut BackupRun<'_>) -> Result<(), ResumeError> {
 
 /// Undoes the pause and records it; a PD that cannot be told is the inner error (the pause then lapses
 /// by its TTL), a record that cannot be written the outer one.
-pub async fn resume_and_record(cx: &mut BackupRun<'_>) -> super::Result<Result<(), ResumeError>> {
+pub async fn resume_and_record(cx: &mut BackupRun<'_>) -> super::error::Result<Result<(), ResumeError>> {
     if let Err(e) = resume_pd(cx).await {
         return Ok(Err(e));
     }

@@ -6,13 +6,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::clock::unix_now;
 use super::context::AwsClients;
-use super::journal::unix_now;
 use super::meta::{self, TAG_BACKUP_UID};
 use super::pause::guard::PauseGuard;
-use super::pause::{ensure_keeper, pause_margin};
+use super::pause::take::{ensure_keeper, pause_margin};
 use super::record::{Failure, InstancePlan};
-use super::run::{BackupRun, Outcome, StepResult};
+use super::step::{BackupRun, Outcome, StepResult};
 use crate::api::ConditionType;
 use crate::api::condition::{NewCondition, set_condition};
 use crate::aws::rate::TokenBucket;
@@ -162,7 +162,7 @@ async fn send_create_snapshots(
     aws: &AwsClients,
     guard: &Arc<PauseGuard>,
     deadline: Instant,
-) -> super::Result<Vec<(String, CallError)>> {
+) -> super::error::Result<Vec<(String, CallError)>> {
     let pending: Vec<InstancePlan> = cx.journal.record.instances_without_snapshots().into_iter().cloned().collect();
     if pending.is_empty() {
         return Ok(Vec::new());

@@ -1,11 +1,11 @@
 //! Writing BR's `backupmeta` (`VolumeBackupSnapshotsCreated`), once every snapshot has started and PD
 //! is resumed. It is written only where this backup holds the prefix lock, and never over another one.
 
-use super::SNAPSHOT_PROGRESS_STEP;
+use super::complete::SNAPSHOT_PROGRESS_STEP;
 use super::meta::{self, MetaInputs};
 use super::ownership::{PrefixOwner, prefix_owner};
 use super::record::Failure;
-use super::run::{BackupRun, Outcome, StepResult, transient};
+use super::step::{BackupRun, Outcome, StepResult, transient};
 use crate::api::ConditionType;
 use crate::api::condition::{NewCondition, set_condition, set_progress};
 use crate::api::tidbcluster::ClusterFacts;

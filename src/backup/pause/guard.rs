@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::backup::journal::unix_now;
+use crate::backup::clock::unix_now;
 use crate::backup::record::PauseRecord;
 
 /// What is known about whether a pause is in force.

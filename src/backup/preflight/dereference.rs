@@ -9,7 +9,7 @@ use crate::api::tidbcluster::ClusterFacts;
 use crate::backup::context::AwsClients;
 use crate::backup::meta;
 use crate::backup::record::Failure;
-use crate::backup::run::BackupRun;
+use crate::backup::step::BackupRun;
 use crate::k8s::volumes::resolve_volumes;
 
 /// DescribeInstances calls at once (AWS allows bursts of 100 for describe calls).

@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 
 use super::claim::Claim;
-use super::run::{BackupRun, Outcome, StepError, StepResult};
+use super::step::{BackupRun, Outcome, StepError, StepResult};
 use super::{cleanup, ownership, queue};
 use crate::api::condition::{NewCondition, set_condition};
 use crate::api::{Backup, ConditionType};

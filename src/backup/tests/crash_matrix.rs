@@ -42,7 +42,7 @@ const PAIRS: &[[&str; 2]] = &[
     ["snapshot.after-call", FAILURE_POINT],
 ];
 
-/// The names in every `crash_point!("…")` under `dir`, comments aside.
+/// The names of the crash points (`crash_point!` with a string literal) under `dir`, comments aside.
 fn crash_points_in(dir: &Path) -> BTreeSet<String> {
     let pattern = concat!("crash_point", "!(\"");
     let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));

@@ -1,6 +1,9 @@
-//! Benchmark: how long a volume-snapshot backup keeps the TiDB cluster paused, seen from PD (paused
-//! schedulers appear -> disappear), against the floor measured in the same run and against a BR-like
-//! baseline, for 3, 30, 100 and 300 TiKV stores x 2 volumes at 0 and 1000 ms of CreateSnapshots latency.
+//! Benchmark: how long a volume-snapshot backup keeps the TiDB cluster paused, seen from PD, against the
+//! floor measured in the same run and against a BR-like baseline, for 3, 30, 100 and 300 TiKV stores x 2
+//! volumes at 0 and 1000 ms of CreateSnapshots latency. The window is PD's own record where PD keeps one
+//! (the PD emulator's `/pause-windows`: the request that paused the first scheduler to the one that resumed
+//! the last, exact); a poll of `schedulers?status=paused` runs beside it, and is the figure on a real
+//! pd-server (column "polled/gap": its window and its longest gap between polls).
 //!
 //! Per size, on a fresh emulator state (reset) and one fixture:
 //! - **ours**: the operator binary (`OPERATOR_BIN`) with its default flags (plus `BENCH_OPERATOR_ARGS`);
@@ -103,11 +106,50 @@ struct PdSeen {
     max_gap: Duration,
     /// When the watch ended.
     ended_at: Option<Instant>,
+    /// The window as PD itself recorded it (the PD emulator's `/pause-windows`: from the request that paused
+    /// the first scheduler to the one that resumed the last), when PD keeps such a record.
+    recorded: Option<Duration>,
 }
 
 impl PdSeen {
+    /// PD's own record where there is one (exact), else what the poll loop saw (within `max_gap`).
     fn window(&self) -> Option<Duration> {
+        self.recorded.or_else(|| Some(self.resumed_at? - self.paused_at?))
+    }
+
+    fn polled(&self) -> Option<Duration> {
         Some(self.resumed_at? - self.paused_at?)
+    }
+}
+
+/// The PD emulator's record of scheduler pauses (`PD_IMPL=emulator`); `None` for a real pd-server.
+struct PdRecord(Option<String>);
+
+impl PdRecord {
+    fn of(stack: &Stack) -> PdRecord {
+        let emulated = stack.vars.get("PD_IMPL").is_some_and(|v| v == "emulator");
+        PdRecord(emulated.then(|| format!("{}/pause-windows", stack.fake_tikv_control)))
+    }
+
+    async fn clear(&self) {
+        if let Some(url) = &self.0 {
+            http().delete(url).send().await.and_then(|r| r.error_for_status()).expect("clearing PD's pause windows");
+        }
+    }
+
+    /// The one window since `clear`, if PD keeps a record: first pause to last resume, or to the lapse.
+    async fn window(&self) -> Option<Duration> {
+        let url = self.0.as_ref()?;
+        let windows: Vec<Value> = http().get(url).send().await.ok()?.json().await.ok()?;
+        let at = |w: &Value, k: &str| w[k].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        let (first, last) = (windows.first()?, windows.last()?);
+        if windows.len() > 1 {
+            note(&format!("PD recorded {} pause windows in one backup (paused, resumed, paused again): first to last", windows.len()));
+        }
+        if last["lapsed"].as_bool() == Some(true) {
+            note("the last pause lapsed on its own: not resumed by the operator");
+        }
+        Duration::try_from(at(last, "end")?.duration_since(at(first, "start")?)).ok()
     }
 }
 
@@ -239,6 +281,8 @@ async fn backup_run(scene: &Scene, name: &str, extra_args: &[String]) -> Result<
     .await;
     note(&format!("{name}: operator ready after {:.1} s", spawned.elapsed().as_secs_f64()));
 
+    let record = PdRecord::of(stack);
+    record.clear().await;
     let watch = watch_pd(&stack.pd_url);
     let api = scene.api();
     let log = stack.workdir.join(format!("bench-{}-{name}.log", scene.namespace));
@@ -287,7 +331,8 @@ async fn backup_run(scene: &Scene, name: &str, extra_args: &[String]) -> Result<
     };
     let to_complete = start.elapsed();
     note(&format!("{name}: apply -> {} {:.1} s", failure.as_deref().unwrap_or("Complete"), to_complete.as_secs_f64()));
-    let seen = watch.finish().await;
+    let mut seen = watch.finish().await;
+    seen.recorded = record.window().await;
     let peak_rss_kib = vm_hwm_kib(pid);
     if failure.is_none() {
         // The claim on the TidbCluster is given back just after Complete is written; killing the operator
@@ -472,7 +517,7 @@ fn print_header(bucket: (usize, f64)) {
         "peak RSS MiB",
         "record",
         "to Compl.",
-        "PD polls",
+        "polled",
         "thr"
     );
     println!(
@@ -488,7 +533,7 @@ fn print_header(bucket: (usize, f64)) {
         "ours / BR",
         "bytes",
         "s ours",
-        "gap ms",
+        "/gap ms",
         "ours/BR"
     );
 }
@@ -517,7 +562,10 @@ fn print_row(r: &Row) {
         format!("{} / {}", rss(r.ours), rss(r.br)),
         ours.map_or("—".to_string(), |x| x.record_bytes.to_string()),
         ours.map_or("—".to_string(), |x| format!("{:.1}", x.to_complete.as_secs_f64())),
-        ours.map_or("—".to_string(), |x| format!("{}/{:.0}", x.seen.polls, ms(x.seen.max_gap))),
+        ours.map_or("—".to_string(), |x| match x.seen.polled() {
+            Some(polled) if x.seen.recorded.is_some() => format!("{:.0}/{:.0}", ms(polled), ms(x.seen.max_gap)),
+            _ => format!("{}/{:.0}", x.seen.polls, ms(x.seen.max_gap)),
+        }),
         format!("{}/{}", thr(r.ours), thr(r.br)),
     );
     if r.calls.1.is_some() {

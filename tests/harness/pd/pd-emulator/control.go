@@ -57,6 +57,7 @@ func writeError(w http.ResponseWriter, code int, format string, args ...any) {
 //	POST /clusters                {"name","namespace","stores"} -> {"name","namespace","stores":[{id,address,pod}]}
 //	GET  /clusters                {"cluster_id","placeholder_store_id","clusters":[...]}
 //	POST /stores/{id}/heartbeat   {"paused":true|false} stops/resumes heartbeats of one store
+//	GET  /pause-windows           [{"start","end","lapsed"}] when schedulers were paused (DELETE clears)
 func (e *emulator) controlHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -71,6 +72,7 @@ func (e *emulator) controlHandler() http.Handler {
 			"emulator":        true,
 		})
 	})
+	mux.HandleFunc("/pause-windows", e.pauseWindowsHandler)
 	mux.HandleFunc("/clusters", func(w http.ResponseWriter, r *http.Request) {
 		switch r.Method {
 		case http.MethodGet:

@@ -287,6 +287,8 @@ func (e *emulator) apiHandler() http.Handler {
 			render(w, http.StatusInternalServerError, "[PD:scheduler:ErrSchedulerNotFound]scheduler not found")
 			return
 		}
+		e.closeLapsedPauseWindow(now)
+		before, _ := e.anyPauseAt(now)
 		for _, n := range targets {
 			if t <= 0 {
 				delete(e.pauses, n)
@@ -294,6 +296,7 @@ func (e *emulator) apiHandler() http.Handler {
 				e.pauses[n] = pause{at: now.Unix(), until: now.Unix() + t}
 			}
 		}
+		e.notePauses(before, now)
 		logf("scheduler %s delay %d", name, t)
 		render(w, 200, "Pause or resume the scheduler successfully.")
 	})

@@ -121,6 +121,7 @@ type emulator struct {
 	statePath    string
 	config       *object // full /config template (non-persisted parts)
 	pauses       map[string]pause
+	pauseWindows []pauseWindow
 	lastTSO      struct{ physical, logical int64 }
 }
 

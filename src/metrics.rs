@@ -38,8 +38,35 @@ struct ReasonLabel {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScheduleLabels {
+    pub namespace: String,
+    pub schedule: String,
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScheduleResultLabels {
+    namespace: String,
+    schedule: String,
+    cluster: String,
+    result: String,
+}
+
+/// Per BackupSchedule: the figures an RPO alert needs.
+#[derive(Default)]
+struct ScheduleMetrics {
+    last_success: Family<ScheduleLabels, Gauge>,
+    last_failure: Family<ScheduleLabels, Gauge>,
+    next_run: Family<ScheduleLabels, Gauge>,
+    interval: Family<ScheduleLabels, Gauge>,
+    runs: Family<ScheduleResultLabels, Counter>,
+    retention_deletions: Family<ScheduleResultLabels, Counter>,
+}
+
 pub struct Metrics {
     registry: Registry,
+    schedules: ScheduleMetrics,
     phases: Family<PhaseLabel, Counter>,
     results: Family<ResultLabel, Counter>,
     cleanups: Family<ResultLabel, Counter>,
@@ -82,6 +109,25 @@ impl Default for Metrics {
             "Snapshots tagged by this operator whose Backup is gone and that no backupmeta lists (last scan)",
             orphan_snapshots.clone(),
         );
+        let schedules = ScheduleMetrics::default();
+        registry.register(
+            "schedule_last_success_timestamp_seconds",
+            "Recovery point (commit ts) of the newest Complete backup of each BackupSchedule, in Unix seconds",
+            schedules.last_success.clone(),
+        );
+        registry.register(
+            "schedule_last_failure_timestamp_seconds",
+            "Creation time of the newest Failed backup of each BackupSchedule still kept, in Unix seconds",
+            schedules.last_failure.clone(),
+        );
+        registry.register("schedule_next_run_timestamp_seconds", "Next scheduled run of each BackupSchedule, in Unix seconds", schedules.next_run.clone());
+        registry.register("schedule_interval_seconds", "Time between two scheduled runs of each BackupSchedule", schedules.interval.clone());
+        registry.register("schedule_runs", "Scheduled runs by result (created, skipped: a backup was running, missed: past the starting deadline)", schedules.runs.clone());
+        registry.register(
+            "schedule_retention_deletions",
+            "Backups retention deleted, by result (ok, failed)",
+            schedules.retention_deletions.clone(),
+        );
         registry.register("backup_phase_transitions", "Backups entering each phase", phases.clone());
         registry.register("backups_finished", "Backups finished, by result", results.clone());
         registry.register(
@@ -96,6 +142,7 @@ impl Default for Metrics {
         registry.register("reconcile_errors", "Reconcile errors by reason", reconcile_errors.clone());
         Self {
             registry,
+            schedules,
             phases,
             results,
             cleanups,
@@ -172,6 +219,31 @@ impl Metrics {
         self.orphan_snapshots.set(count as i64);
     }
 
+    /// Unix seconds of the newest Complete and Failed backups and of the next run (`None`: no series).
+    pub fn schedule_state(&self, labels: &ScheduleLabels, last_success: Option<i64>, last_failure: Option<i64>, next_run: Option<i64>, interval: Option<i64>) {
+        let m = &self.schedules;
+        for (family, value) in [(&m.last_success, last_success), (&m.last_failure, last_failure), (&m.next_run, next_run), (&m.interval, interval)] {
+            match value {
+                Some(value) => _ = family.get_or_create(labels).set(value),
+                None => _ = family.remove(labels),
+            }
+        }
+    }
+
+    /// `result`: created | skipped | missed.
+    pub fn schedule_run(&self, labels: &ScheduleLabels, result: &str) {
+        self.schedules.runs.get_or_create(&with_result(labels, result)).inc();
+    }
+
+    pub fn retention_deletion(&self, labels: &ScheduleLabels, ok: bool) {
+        self.schedules.retention_deletions.get_or_create(&with_result(labels, if ok { "ok" } else { "failed" })).inc();
+    }
+
+    /// A deleted schedule leaves no gauges behind (its counters stay, as counters do).
+    pub fn schedule_gone(&self, labels: &ScheduleLabels) {
+        self.schedule_state(labels, None, None, None, None);
+    }
+
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
     }
@@ -184,6 +256,15 @@ impl Metrics {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("metrics encode");
         text
+    }
+}
+
+fn with_result(labels: &ScheduleLabels, result: &str) -> ScheduleResultLabels {
+    ScheduleResultLabels {
+        namespace: labels.namespace.clone(),
+        schedule: labels.schedule.clone(),
+        cluster: labels.cluster.clone(),
+        result: result.to_string(),
     }
 }
 

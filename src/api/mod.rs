@@ -4,8 +4,10 @@
 //! `backupMode: volume-snapshot` and let everything else pass through untouched (we only ever merge-patch).
 
 pub mod backup;
+pub mod backup_schedule;
 pub mod condition;
 pub mod format;
 pub mod tidbcluster;
 
 pub use backup::*;
+pub use backup_schedule::{BackupSchedule, BackupScheduleSpec, BackupScheduleStatus};

@@ -8,6 +8,7 @@ pub mod k8s;
 pub mod metrics;
 pub mod pd;
 pub mod reason;
+pub mod schedule;
 #[cfg(test)]
 pub(crate) mod testkit;
 

@@ -7,6 +7,35 @@ use tidb_ebs_backup::aws::AwsSettings;
 use tidb_ebs_backup::backup::{self, Settings, context::RealConnectors};
 use tidb_ebs_backup::k8s::lease::{Fence, LeaderLease};
 use tidb_ebs_backup::metrics::{self, Metrics};
+use tidb_ebs_backup::schedule::{self, ScheduleSettings, SystemClock};
+
+/// The two controllers of the active replica, stopped together by `shutdown`.
+async fn controllers(
+    client: kube::Client,
+    settings: Settings,
+    connectors: Arc<RealConnectors>,
+    metrics: Arc<Metrics>,
+    fence: Arc<Fence>,
+    args: &Args,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let schedules = ScheduleSettings {
+        instance: settings.instance.clone(),
+        namespace: args.namespace.clone(),
+        selector: args.backup_selector.clone(),
+        clock: Arc::new(SystemClock),
+    };
+    let run_schedules = args.schedules;
+    let schedule_controller = schedule::run(client.clone(), schedules, metrics.clone(), fence.clone(), shutdown.clone());
+    let backup_controller =
+        backup::run(client, settings, connectors, metrics, fence, args.namespace.clone(), args.backup_selector.clone(), shutdown);
+    if run_schedules {
+        futures::future::join(backup_controller, schedule_controller).await;
+    } else {
+        backup_controller.await;
+    }
+}
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
@@ -74,6 +103,9 @@ struct Args {
     identity: Option<String>,
     #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
     lease_duration_seconds: u64,
+    /// Act on BackupSchedules (`backupTemplate.backupMode: volume-snapshot`) as well as Backups.
+    #[arg(long, env = "SCHEDULES", default_value_t = true, action = clap::ArgAction::Set)]
+    schedules: bool,
     /// tracing filter, e.g. `info` or `tidb_ebs_backup=debug`.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -93,7 +125,7 @@ async fn main() -> anyhow_free::Result {
     let identity = args.identity.clone().unwrap_or_else(|| format!("tidb-ebs-backup-{}", std::process::id()));
     let settings = Settings {
         instance: Some(identity.clone()),
-        pd_url_template: args.pd_url_template,
+        pd_url_template: args.pd_url_template.clone(),
         pause_ttl: Duration::from_secs(args.pause_ttl_seconds),
         snapshot_concurrency: args.snapshot_concurrency,
         create_snapshots_burst: args.create_snapshots_burst,
@@ -110,8 +142,7 @@ async fn main() -> anyhow_free::Result {
     let connectors = Arc::new(RealConnectors::new(AwsSettings::from_environment().await));
     if !args.leader_election {
         tracing::info!(namespace = ?args.namespace, "starting without leader election");
-        backup::run(client, settings, connectors, metrics, Arc::new(Fence::unfenced()), args.namespace, args.backup_selector, shutdown_signal())
-            .await;
+        controllers(client, settings, connectors, metrics, Arc::new(Fence::unfenced()), &args, shutdown_signal()).await;
         server.abort();
         return Ok(());
     }
@@ -127,7 +158,7 @@ async fn main() -> anyhow_free::Result {
         taken = lease.acquire(&fence) => taken?,
     }
     tracing::info!(%identity, namespace = ?args.namespace, "active replica: starting the controller");
-    let controller = backup::run(client, settings, connectors, metrics, fence.clone(), args.namespace, args.backup_selector, shutdown);
+    let controller = controllers(client, settings, connectors, metrics, fence.clone(), &args, shutdown);
     tokio::select! {
         _ = controller => {
             server.abort();

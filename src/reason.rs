@@ -17,6 +17,8 @@ pub enum Kind {
     Cleanup,
     /// A reconcile that could not write to Kubernetes, retried (`tidb_ebs_backup_reconcile_errors_total`).
     Retried,
+    /// An Event on a `BackupSchedule`.
+    Schedule,
 }
 
 macro_rules! reasons {
@@ -136,6 +138,13 @@ reasons! {
     CleanCredentialsFailed: Cleanup, "no credentials could delete the data (retried)";
     CleanBackupDataFailed: Cleanup, "deleting the data failed (retried)";
     ReleasedWithoutCleanup: Cleanup, "the Backup was let go without clean-up, as its annotation asked";
+    // BackupSchedules.
+    ScheduleInvalid: Schedule, "the schedule's cron, time zone, deadline, tiers or grace cannot be used: it creates and deletes nothing until fixed";
+    ScheduledBackupCreated: Schedule, "a Backup was created for a scheduled time";
+    ScheduledRunSkipped: Schedule, "a scheduled time came while a backup of the schedule or of its TidbCluster was still running: no Backup for it";
+    ScheduledRunMissed: Schedule, "a scheduled time is past the starting deadline (the operator was down): no Backup for it";
+    RetentionDeleted: Schedule, "retention deleted a backup (its cleanPolicy decides what happens to the data)";
+    RetentionFailed: Schedule, "retention could not delete a backup (retried)";
     // Reconcile errors (the Kubernetes API's own refusals above are `KubernetesAPIFailed`).
     StatusWriteFailed: Retried, "the Backup's status or record could not be written";
     RecordUnreadable: Retried, "the record annotation on the Backup cannot be read (the Backup is left alone)";

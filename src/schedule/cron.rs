@@ -55,6 +55,10 @@ impl Cron {
         Ok(Self { kind, zone })
     }
 
+    pub fn zone(&self) -> &TimeZone {
+        &self.zone
+    }
+
     /// The first scheduled time strictly after `after`.
     pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
         match &self.kind {

@@ -17,6 +17,7 @@ mod iam_policy;
 mod leader;
 mod rbac_rules;
 mod safety;
+mod schedule;
 mod stack;
 mod status_subresource;
 mod throttle;

@@ -61,6 +61,38 @@ impl Operator {
         Operator { shutdown: Some(tx), task, metrics }
     }
 
+    /// An operator running the BackupSchedule controller beside the Backup controller, as the binary does.
+    pub async fn start_with_schedules(stack: &Stack, namespace: &str, settings: Settings, selector: Option<&str>) -> Operator {
+        Self::start_with_schedules_as(stack, stack.kube_client().await, namespace, settings, selector).await
+    }
+
+    pub async fn start_with_schedules_as(stack: &Stack, client: kube::Client, namespace: &str, settings: Settings, selector: Option<&str>) -> Operator {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
+        let connectors = Arc::new(RealConnectors::new(AwsSettings { base: stack.aws_config().await }));
+        let metrics = Arc::new(Metrics::default());
+        let fence = Arc::new(tidb_ebs_backup::k8s::lease::Fence::unfenced());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = futures::FutureExt::shared(Box::pin(async {
+            let _ = rx.await;
+        }));
+        let schedules = tidb_ebs_backup::schedule::ScheduleSettings {
+            instance: None,
+            namespace: Some(namespace.to_string()),
+            selector: selector.map(String::from),
+            clock: Arc::new(tidb_ebs_backup::schedule::SystemClock),
+        };
+        let schedule_controller = tidb_ebs_backup::schedule::run(client.clone(), schedules, metrics.clone(), fence.clone(), shutdown.clone());
+        let backup_controller =
+            backup::run(client, settings, connectors, metrics.clone(), fence, Some(namespace.to_string()), selector.map(String::from), shutdown);
+        let task = tokio::spawn(async move {
+            futures::future::join(backup_controller, schedule_controller).await;
+        });
+        Operator { shutdown: Some(tx), task, metrics }
+    }
+
     /// Waits until `/metrics` has `line`. Metrics are counted just after the write that shows a result,
     /// so they may trail what a test has already seen.
     pub async fn wait_for_metric(&self, line: &str) {

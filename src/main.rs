@@ -28,8 +28,7 @@ async fn controllers(
     };
     let run_schedules = args.schedules;
     let schedule_controller = schedule::run(client.clone(), schedules, metrics.clone(), fence.clone(), shutdown.clone());
-    let backup_controller =
-        backup::run(client, settings, connectors, metrics, fence, args.namespace.clone(), args.backup_selector.clone(), shutdown);
+    let backup_controller = backup::run(client, settings, connectors, metrics, fence, args.namespace.clone(), args.backup_selector.clone(), shutdown);
     if run_schedules {
         futures::future::join(backup_controller, schedule_controller).await;
     } else {

@@ -120,14 +120,18 @@ impl Default for Metrics {
             "Creation time of the newest Failed backup of each BackupSchedule still kept, in Unix seconds",
             schedules.last_failure.clone(),
         );
-        registry.register("schedule_next_run_timestamp_seconds", "Next scheduled run of each BackupSchedule, in Unix seconds", schedules.next_run.clone());
-        registry.register("schedule_interval_seconds", "Time between two scheduled runs of each BackupSchedule", schedules.interval.clone());
-        registry.register("schedule_runs", "Scheduled runs by result (created, skipped: a backup was running, missed: past the starting deadline)", schedules.runs.clone());
         registry.register(
-            "schedule_retention_deletions",
-            "Backups retention deleted, by result (ok, failed)",
-            schedules.retention_deletions.clone(),
+            "schedule_next_run_timestamp_seconds",
+            "Next scheduled run of each BackupSchedule, in Unix seconds",
+            schedules.next_run.clone(),
         );
+        registry.register("schedule_interval_seconds", "Time between two scheduled runs of each BackupSchedule", schedules.interval.clone());
+        registry.register(
+            "schedule_runs",
+            "Scheduled runs by result (created, skipped: a backup was running, missed: past the starting deadline)",
+            schedules.runs.clone(),
+        );
+        registry.register("schedule_retention_deletions", "Backups retention deleted, by result (ok, failed)", schedules.retention_deletions.clone());
         registry.register("backup_phase_transitions", "Backups entering each phase", phases.clone());
         registry.register("backups_finished", "Backups finished, by result", results.clone());
         registry.register(
@@ -220,7 +224,14 @@ impl Metrics {
     }
 
     /// Unix seconds of the newest Complete and Failed backups and of the next run (`None`: no series).
-    pub fn schedule_state(&self, labels: &ScheduleLabels, last_success: Option<i64>, last_failure: Option<i64>, next_run: Option<i64>, interval: Option<i64>) {
+    pub fn schedule_state(
+        &self,
+        labels: &ScheduleLabels,
+        last_success: Option<i64>,
+        last_failure: Option<i64>,
+        next_run: Option<i64>,
+        interval: Option<i64>,
+    ) {
         let m = &self.schedules;
         for (family, value) in [(&m.last_success, last_success), (&m.last_failure, last_failure), (&m.next_run, next_run), (&m.interval, interval)] {
             match value {

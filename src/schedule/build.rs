@@ -84,7 +84,12 @@ mod tests {
                 backup_template: BackupSpec {
                     backup_mode: BackupMode::VolumeSnapshot,
                     br: BrConfig { cluster: "basic".into(), ..BrConfig::default() },
-                    s3: Some(S3StorageProvider { provider: "aws".into(), bucket: Some("b".into()), prefix: Some("/tidb/".into()), ..Default::default() }),
+                    s3: Some(S3StorageProvider {
+                        provider: "aws".into(),
+                        bucket: Some("b".into()),
+                        prefix: Some("/tidb/".into()),
+                        ..Default::default()
+                    }),
                     ..BackupSpec::default()
                 },
                 ..BackupScheduleSpec::default()

@@ -46,10 +46,8 @@ impl Cron {
             if !pattern.starts_with('@') && pattern.split_whitespace().count() != 5 {
                 return Err(bad("expected five fields (minute hour day-of-month month day-of-week)".into()));
             }
-            let parser = croner::parser::CronParser::builder()
-                .seconds(croner::parser::Seconds::Disallowed)
-                .year(croner::parser::Year::Disallowed)
-                .build();
+            let parser =
+                croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Disallowed).year(croner::parser::Year::Disallowed).build();
             Kind::Pattern(Box::new(parser.parse(pattern).map_err(|e| bad(e.to_string()))?))
         };
         Ok(Self { kind, zone })

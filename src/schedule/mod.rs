@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::ResourceExt;
 
 use crate::api::{Backup, BackupSchedule};
 use crate::k8s::lease::Fence;

@@ -172,7 +172,8 @@ async fn skip(
 /// makes sure it is the very backup retention chose, not a new one that took its name.
 async fn delete_backup(ctx: &ScheduleContext, schedule: &BackupSchedule, labels: &ScheduleLabels, name: &str, uid: &str, why: Why) {
     let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &labels.namespace);
-    let params = DeleteParams { preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }), ..DeleteParams::default() };
+    let params =
+        DeleteParams { preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }), ..DeleteParams::default() };
     match api.delete(name, &params).await {
         Ok(_) => deleted(ctx, schedule, labels, name, why).await,
         Err(kube::Error::Api(status)) if status.code == 404 => deleted(ctx, schedule, labels, name, why).await,

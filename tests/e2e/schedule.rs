@@ -75,7 +75,12 @@ async fn a_schedule_creates_backups_one_at_a_time_skips_while_one_runs_and_pause
     })
     .await;
     assert!(skipped.contains("blocker is still running"), "{skipped}");
-    operator.wait_for_metric(&format!("tidb_ebs_backup_schedule_runs_total{{namespace=\"{}\",schedule=\"fast\",cluster=\"basic\",result=\"skipped\"}}", scene.namespace)).await;
+    operator
+        .wait_for_metric(&format!(
+            "tidb_ebs_backup_schedule_runs_total{{namespace=\"{}\",schedule=\"fast\",cluster=\"basic\",result=\"skipped\"}}",
+            scene.namespace
+        ))
+        .await;
     assert!(backups_of(&scene, "fast").await.is_empty(), "no Backup while another backup of the cluster runs");
     scene.api().delete("blocker", &DeleteParams::default()).await.unwrap();
 
@@ -96,7 +101,11 @@ async fn a_schedule_creates_backups_one_at_a_time_skips_while_one_runs_and_pause
         if first_gone {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(90), "three runs and a retention deletion: {seen:?}, now {:?}", backups.iter().map(|b| (b.name_any(), b.phase().cloned())).collect::<Vec<_>>());
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "three runs and a retention deletion: {seen:?}, now {:?}",
+            backups.iter().map(|b| (b.name_any(), b.phase().cloned())).collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(most_running, 1, "one backup at a time");
@@ -107,7 +116,10 @@ async fn a_schedule_creates_backups_one_at_a_time_skips_while_one_runs_and_pause
     );
     // The deleted first backup went through its cleanPolicy (Delete): no snapshot of it is left.
     let first_uid = first_uid.unwrap();
-    eventually("the first backup's snapshots deleted", Duration::from_secs(30), || async { scene.snapshots_tagged(&first_uid).await.is_empty().then_some(()) }).await;
+    eventually("the first backup's snapshots deleted", Duration::from_secs(30), || async {
+        scene.snapshots_tagged(&first_uid).await.is_empty().then_some(())
+    })
+    .await;
 
     let backup = backups_of(&scene, "fast").await.into_iter().find(|b| b.phase() == Some(&ConditionType::Complete)).expect("a Complete backup");
     let owner = &backup.owner_references()[0];
@@ -137,7 +149,10 @@ async fn a_schedule_creates_backups_one_at_a_time_skips_while_one_runs_and_pause
         assert!(now.is_subset(&names_when_paused), "a paused schedule created {:?}", now.difference(&names_when_paused));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(!operator.metrics.encode().contains(&format!("tidb_ebs_backup_schedule_next_run_timestamp_seconds{{{labels}}}")), "no next run while paused");
+    assert!(
+        !operator.metrics.encode().contains(&format!("tidb_ebs_backup_schedule_next_run_timestamp_seconds{{{labels}}}")),
+        "no next run while paused"
+    );
 
     // Deleting the schedule deletes its Backups (owner references, as TiDB Operator sets them), each by
     // its cleanPolicy.
@@ -145,7 +160,8 @@ async fn a_schedule_creates_backups_one_at_a_time_skips_while_one_runs_and_pause
     schedules(&scene).delete("fast", &DeleteParams::default()).await.unwrap();
     eventually("the schedule's Backups gone", Duration::from_secs(60), || async { backups_of(&scene, "fast").await.is_empty().then_some(()) }).await;
     for uid in uids {
-        eventually("their snapshots deleted", Duration::from_secs(30), || async { scene.snapshots_tagged(&uid).await.is_empty().then_some(()) }).await;
+        eventually("their snapshots deleted", Duration::from_secs(30), || async { scene.snapshots_tagged(&uid).await.is_empty().then_some(()) })
+            .await;
     }
     operator.stop().await;
 }
@@ -183,7 +199,8 @@ async fn set_policy(scene: &Scene, spec: Value, annotations: Value) {
 async fn wait_remaining(scene: &Scene, what: &str, expected: &[&str]) {
     let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
     eventually(what, Duration::from_secs(60), || async {
-        let names: BTreeSet<String> = backups_of(scene, "keep").await.iter().filter(|b| b.metadata.deletion_timestamp.is_none()).map(|b| b.name_any()).collect();
+        let names: BTreeSet<String> =
+            backups_of(scene, "keep").await.iter().filter(|b| b.metadata.deletion_timestamp.is_none()).map(|b| b.name_any()).collect();
         (names == expected).then_some(())
     })
     .await;
@@ -200,7 +217,14 @@ async fn retention_keeps_exactly_the_expected_set_and_never_the_newest_complete_
     let schedule = schedules(&scene).get("keep").await.unwrap();
 
     // (name, cleanPolicy, fails, recovery point hours ago)
-    let made = [("c1", "Delete", false, 240), ("c2", "Retain", false, 120), ("f1", "Delete", true, 0), ("c3", "Delete", false, 48), ("f2", "Delete", true, 0), ("c4", "Delete", false, 1)];
+    let made = [
+        ("c1", "Delete", false, 240),
+        ("c2", "Retain", false, 120),
+        ("f1", "Delete", true, 0),
+        ("c3", "Delete", false, 48),
+        ("f2", "Delete", true, 0),
+        ("c4", "Delete", false, 1),
+    ];
     let mut uids = std::collections::BTreeMap::new();
     for (name, policy, fails, hours) in made {
         let backup = owned_backup(&scene, &schedule, name, policy, fails).await;
@@ -221,7 +245,8 @@ async fn retention_keeps_exactly_the_expected_set_and_never_the_newest_complete_
     // grace has passed. Under TiDB Operator the three oldest by creation (c1, c2, f1) would go.
     set_policy(&scene, json!({"maxBackups": 3}), json!({"tidb-ebs-backup.io/failed-backup-retention": "1s"})).await;
     wait_remaining(&scene, "maxBackups 3", &["c2", "c3", "c4"]).await;
-    eventually("c1's data deleted (cleanPolicy Delete)", Duration::from_secs(30), || async { (data_left("c1").await == (0, false)).then_some(()) }).await;
+    eventually("c1's data deleted (cleanPolicy Delete)", Duration::from_secs(30), || async { (data_left("c1").await == (0, false)).then_some(()) })
+        .await;
 
     // maxReservedTime is preferred over maxBackups: c2 (five days old) goes, and keeps its data (Retain).
     set_policy(&scene, json!({"maxReservedTime": "72h"}), json!({})).await;
@@ -235,7 +260,8 @@ async fn retention_keeps_exactly_the_expected_set_and_never_the_newest_complete_
     operator.wait_for_metric(&deletions(4)).await;
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let kept: Vec<String> = backups_of(&scene, "keep").await.iter().filter(|b| b.meta().deletion_timestamp.is_none()).map(|b| b.name_any()).collect();
+        let kept: Vec<String> =
+            backups_of(&scene, "keep").await.iter().filter(|b| b.meta().deletion_timestamp.is_none()).map(|b| b.name_any()).collect();
         assert_eq!(kept, vec!["c3".to_string(), "c4".to_string()], "daily=2 keeps the newest of each of two days");
     }
     set_policy(&scene, json!({}), json!({"tidb-ebs-backup.io/retention-tiers": "daily=1"})).await;
@@ -272,7 +298,8 @@ async fn each_schedule_rule_is_needed() {
     let operator_ns = scene.stack.unique_namespace("schedule-rbac-op").await;
     let (cluster_rules, lease_rules) = crate::support::rbac::chart_rules(scene.stack).await;
     // (case, rule removed); `None` is the control, which must create a Backup.
-    let cases: Vec<(&str, Option<&str>)> = vec![("all", None), ("minus-schedules", Some(SCHEDULE_RULES[0])), ("minus-create", Some(SCHEDULE_RULES[1]))];
+    let cases: Vec<(&str, Option<&str>)> =
+        vec![("all", None), ("minus-schedules", Some(SCHEDULE_RULES[0])), ("minus-create", Some(SCHEDULE_RULES[1]))];
     for (case, removed) in cases {
         let rules = removed.map(|key| crate::support::rbac::without(&cluster_rules, key)).unwrap_or_else(|| cluster_rules.clone());
         let (_, client) = crate::support::rbac::identity(&scene, &operator_ns, case, rules, lease_rules.clone()).await;
@@ -282,7 +309,10 @@ async fn each_schedule_rule_is_needed() {
         schedule["metadata"]["labels"] = json!({"tidb-ebs-backup.io/case": case});
         scene.apply(&schedule).await;
         if removed.is_none() {
-            eventually("the control creates a Backup", Duration::from_secs(20), || async { (!backups_of(&scene, case).await.is_empty()).then_some(()) }).await;
+            eventually("the control creates a Backup", Duration::from_secs(20), || async {
+                (!backups_of(&scene, case).await.is_empty()).then_some(())
+            })
+            .await;
         } else {
             for _ in 0..12 {
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -66,7 +66,13 @@ impl Operator {
         Self::start_with_schedules_as(stack, stack.kube_client().await, namespace, settings, selector).await
     }
 
-    pub async fn start_with_schedules_as(stack: &Stack, client: kube::Client, namespace: &str, settings: Settings, selector: Option<&str>) -> Operator {
+    pub async fn start_with_schedules_as(
+        stack: &Stack,
+        client: kube::Client,
+        namespace: &str,
+        settings: Settings,
+        selector: Option<&str>,
+    ) -> Operator {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
             .with_test_writer()

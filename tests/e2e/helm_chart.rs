@@ -77,7 +77,19 @@ async fn backup_crd_version(stack: &Stack) -> String {
 async fn chart_lints_with_default_and_optional_values() {
     let stack = Stack::get();
     let chart = chart();
-    for extra in [&[][..], &["--set", "serviceMonitor.enabled=true", "--set", "irsaPerBackup.enabled=false", "--set", "watchNamespace=x"][..]] {
+    for extra in [
+        &[][..],
+        &[
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "irsaPerBackup.enabled=false",
+            "--set",
+            "watchNamespace=x",
+        ][..],
+    ] {
         let mut args = vec!["lint", "--strict"];
         args.extend_from_slice(extra);
         args.push(&chart);
@@ -94,7 +106,7 @@ async fn chart_crd_is_the_repository_crd() {
 }
 
 #[tokio::test]
-async fn chart_allows_standby_replicas_only_with_leader_election_and_renders_the_service_monitor() {
+async fn chart_allows_standby_replicas_only_with_leader_election_and_renders_the_monitoring_objects() {
     let stack = Stack::get();
     let chart = chart();
     let out = stack.helm(["template", "r", chart.as_str(), "--set", "replicaCount=2"]).await;
@@ -107,8 +119,23 @@ async fn chart_allows_standby_replicas_only_with_leader_election_and_renders_the
     assert!(out.status.success(), "{}", describe_output(&out));
     let rendered = String::from_utf8_lossy(&out.stdout);
     assert!(rendered.contains("kind: ServiceMonitor"), "{rendered}");
+    // The per-schedule series carry the BackupSchedule's `namespace`, which the scrape must keep.
+    assert!(rendered.contains("honorLabels: true"), "{rendered}");
     let out = stack.helm(["template", "r", chart.as_str()]).await;
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("kind: ServiceMonitor"), "ServiceMonitor is off by default");
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    assert!(!rendered.contains("kind: ServiceMonitor"), "ServiceMonitor is off by default");
+    assert!(!rendered.contains("kind: PrometheusRule"), "PrometheusRule is off by default");
+
+    // The alerts' own {{ $labels }} templates come through Helm unrendered: the spec is the manifest's.
+    let out = stack.helm(["template", "r", chart.as_str(), "--set", "prometheusRule.enabled=true", "-s", "templates/prometheusrule.yaml"]).await;
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let rendered: serde_json::Value = serde_norway::from_slice(&out.stdout).expect("rendered PrometheusRule");
+    let manifest: serde_json::Value = serde_norway::from_str(
+        &std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("manifests/monitoring/prometheus-rule.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rendered["kind"], "PrometheusRule");
+    assert!(rendered["spec"] == manifest["spec"], "the chart's PrometheusRule spec differs from manifests/monitoring/prometheus-rule.yaml");
 }
 
 // ---- install / uninstall -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ mod crash_points;
 mod helm_chart;
 mod iam_policy;
 mod leader;
+mod monitoring;
 mod rbac_rules;
 mod safety;
 mod schedule;

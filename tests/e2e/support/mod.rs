@@ -62,6 +62,26 @@ pub async fn shared() -> RwLockReadGuard<'static, ()> {
 pub const NO_STACK: &str = "HARNESS_ENV is not set: start the stack with tests/harness/up or run the README test command \
      (HARNESS_ENV=<the env file `up` printed> cargo test ...)";
 
+/// promtool, built by `tests/harness/build-tools promtool`: the env file's `PROMTOOL` when `HARNESS_ENV`
+/// is set, else the build cache's copy of the version `versions.env` names, so the monitoring tests also
+/// run without a stack.
+pub fn promtool_bin() -> PathBuf {
+    if std::env::var_os("HARNESS_ENV").is_some_and(|p| !p.is_empty())
+        && let Some(path) = Stack::get().vars.get("PROMTOOL")
+    {
+        return path.into();
+    }
+    let versions_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/harness/versions.env");
+    let versions = std::fs::read_to_string(&versions_path).unwrap_or_else(|e| panic!("reading {}: {e}", versions_path.display()));
+    let version = versions.lines().find_map(|l| l.strip_prefix("PROMTOOL_VERSION=")).expect("PROMTOOL_VERSION in versions.env");
+    let cache = std::env::var_os("TIDB_EBS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tidb-ebs-backup"));
+    let path = cache.join(format!("promtool-v{}/promtool", version.trim()));
+    assert!(path.is_file(), "{} is missing: build it with tests/harness/build-tools promtool", path.display());
+    path
+}
+
 /// What `tests/harness/up` wrote to its env file.
 #[derive(Clone, Debug)]
 pub struct Stack {

@@ -99,10 +99,12 @@ async fn chart_lints_with_default_and_optional_values() {
 }
 
 #[tokio::test]
-async fn chart_crd_is_the_repository_crd() {
-    let chart_copy = std::fs::read_to_string(chart_dir().join("crds/backup.yaml")).expect("chart crds/backup.yaml");
-    let source = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds/backup.yaml")).expect("crds/backup.yaml");
-    assert!(chart_copy == source, "manifests/tidb-ebs-backup/crds/backup.yaml differs from crds/backup.yaml; copy it over");
+async fn chart_crds_are_the_repository_crds() {
+    for file in ["crds/backup.yaml", "crds/backupschedule.yaml"] {
+        let chart_copy = std::fs::read_to_string(chart_dir().join(file)).unwrap_or_else(|e| panic!("chart {file}: {e}"));
+        let source = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(chart_copy == source, "manifests/tidb-ebs-backup/{file} differs from {file}; run scripts/gen-crds");
+    }
 }
 
 #[tokio::test]
@@ -280,6 +282,14 @@ fn needed() -> Vec<Ask> {
         // src/backup/steps.rs -> kube-runtime Recorder::publish (events.k8s.io/v1 create, or patch of a series).
         ask("create", "events.events.k8s.io", TIDB_NS),
         ask("patch", "events.events.k8s.io", TIDB_NS),
+        // src/schedule/mod.rs run(): the BackupSchedule controller's watch; reconcile.rs: status and the
+        // skipped-run annotation as merge patches.
+        ask("list", "backupschedules.pingcap.com", ALL),
+        ask("watch", "backupschedules.pingcap.com", ALL),
+        ask("patch", "backupschedules.pingcap.com", TIDB_NS),
+        // src/schedule/reconcile.rs: a run's Backup, and retention's deletion of one.
+        ask("create", "backups.pingcap.com", TIDB_NS),
+        ask("delete", "backups.pingcap.com", TIDB_NS),
     ]
 }
 
@@ -302,10 +312,12 @@ fn needed_for_the_lease(operator_ns: &str, lease: &str) -> Vec<Ask> {
 fn not_needed(operator_ns: &str, lease: &str) -> Vec<Ask> {
     let named = format!("leases.coordination.k8s.io/{lease}");
     vec![
-        ask("create", "backups.pingcap.com", TIDB_NS),
         ask("update", "backups.pingcap.com", TIDB_NS),
-        ask("delete", "backups.pingcap.com", TIDB_NS),
         ask("deletecollection", "backups.pingcap.com", TIDB_NS),
+        ask("get", "backupschedules.pingcap.com", TIDB_NS),
+        ask("update", "backupschedules.pingcap.com", TIDB_NS),
+        ask("create", "backupschedules.pingcap.com", TIDB_NS),
+        ask("delete", "backupschedules.pingcap.com", TIDB_NS),
         ask_sub("update", "backups.pingcap.com", "finalizers", TIDB_NS),
         ask("get", "restores.pingcap.com", TIDB_NS),
         ask("list", "tidbclusters.pingcap.com", TIDB_NS),

@@ -324,3 +324,25 @@ async fn each_schedule_rule_is_needed() {
         operator.stop().await;
     }
 }
+
+#[tokio::test]
+async fn the_crd_refuses_a_bad_cron_or_duration_at_apply_time() {
+    let _stack = crate::support::shared().await;
+    let scene = Scene::new("schedule-crd", 1, 1).await;
+    let cases = [
+        (json!({"schedule": "every hour"}), "spec.schedule must be a cron expression"),
+        (json!({"schedule": "0 0 * *"}), "spec.schedule must be a cron expression"),
+        (json!({"maxReservedTime": "3d"}), "spec.maxReservedTime must be a duration"),
+        (json!({"maxBackups": -1}), "maxBackups"),
+    ];
+    for (spec, message) in cases {
+        let schedule = schedule_yaml(&scene, "bad", spec.clone(), json!({}));
+        let output = scene.stack.kubectl_with_stdin(["apply", "-f", "-"], Some(&schedule.to_string())).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(message), "{spec}: {stderr}");
+    }
+    for good in ["*/15 * * * *", "@daily", "@every 1h30m", "0 2 * * MON-FRI"] {
+        let schedule = schedule_yaml(&scene, "good", json!({"schedule": good, "pause": true}), json!({}));
+        scene.apply(&schedule).await;
+    }
+}

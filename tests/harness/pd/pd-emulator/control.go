@@ -58,8 +58,10 @@ func writeError(w http.ResponseWriter, code int, format string, args ...any) {
 //	GET  /clusters                {"cluster_id","placeholder_store_id","clusters":[...]}
 //	POST /stores/{id}/heartbeat   {"paused":true|false} stops/resumes heartbeats of one store
 //	GET  /pause-windows           [{"start","end","lapsed"}] when schedulers were paused (DELETE clears)
+//	/tikv/...                     the TiKV side of snapshot-backup preparation (see tikvControl)
 func (e *emulator) controlHandler() http.Handler {
 	mux := http.NewServeMux()
+	e.tikvControl(mux)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		e.mu.Lock()
 		defer e.mu.Unlock()

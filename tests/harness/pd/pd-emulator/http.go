@@ -93,27 +93,32 @@ func (e *emulator) storeInfo(s *store, now time.Time) any {
 		Uptime          string    `json:"uptime"`
 	}
 	start := time.Unix(s.StartTimestamp, 0)
+	leaders, regions := e.leaderCount(s.ID), e.regionCount(s.ID)
+	version := s.Version
+	if version == "" {
+		version = e.storeVersion
+	}
 	score := 0.0
-	switch s.Leaders {
+	switch regions {
 	case 0:
 	case 1:
 		score = oneRegionScore
 	case 2:
 		score = twoRegionScore
 	default:
-		score = oneRegionScore * float64(s.Leaders)
+		score = oneRegionScore * float64(regions)
 	}
 	return struct {
 		Store  meta   `json:"store"`
 		Status status `json:"status"`
 	}{
-		meta{ID: s.ID, Address: s.Address, Labels: s.Labels, Version: e.storeVersion, PeerAddress: s.Address,
+		meta{ID: s.ID, Address: s.Address, Labels: s.Labels, Version: version, PeerAddress: s.Address,
 			StatusAddress: s.StatusAddress, GitHash: fakeGitHash, StartTimestamp: s.StartTimestamp,
 			DeployPath: "/fake-tikv", LastHeartbeat: s.lastBeat.UnixNano(), NodeState: 1,
 			StateName: e.stateName(s, now)},
 		status{Capacity: "100GiB", Available: "90GiB", UsedSize: "10GiB",
-			LeaderCount: s.Leaders, LeaderWeight: 1, LeaderScore: float64(s.Leaders), LeaderSize: int64(s.Leaders),
-			RegionCount: s.Leaders, RegionWeight: 1, RegionScore: score, RegionSize: int64(s.Leaders),
+			LeaderCount: leaders, LeaderWeight: 1, LeaderScore: float64(leaders), LeaderSize: int64(leaders),
+			RegionCount: regions, RegionWeight: 1, RegionScore: score, RegionSize: int64(regions),
 			StartTS: start, LastHeartbeatTS: s.lastBeat, Uptime: s.lastBeat.Sub(start).String()},
 	}
 }
@@ -133,7 +138,9 @@ func (e *emulator) apiHandler() http.Handler {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 			e.mu.Lock()
 			defer e.mu.Unlock()
-			f(w, r, time.Now())
+			now := time.Now()
+			e.settle(now) // lapsed leases and regions handed out since, so /stores and /regions agree
+			f(w, r, now)
 		})
 	}
 	needBootstrap := func(f func(w http.ResponseWriter, r *http.Request, now time.Time)) func(w http.ResponseWriter, r *http.Request, now time.Time) {
@@ -311,6 +318,16 @@ func (e *emulator) apiHandler() http.Handler {
 			st = "paused"
 		}
 		render(w, 200, map[string]any{"name": name, "status": st, "summary": "", "timestamp": now.Unix()})
+	}))
+	handle("GET "+p+"regions", needBootstrap(func(w http.ResponseWriter, r *http.Request, now time.Time) {
+		b, err := e.regionsBody()
+		if err != nil {
+			render(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(b)
 	}))
 	handle("GET "+p+"operators", needBootstrap(func(w http.ResponseWriter, r *http.Request, now time.Time) {
 		render(w, 200, []string{})
@@ -525,7 +542,7 @@ func (e *emulator) apiHandler() http.Handler {
 // stores holding no leader.
 func (e *emulator) storeMRT(id uint64, now time.Time) uint64 {
 	s := e.storeByID(id)
-	if s == nil || s.Leaders == 0 {
+	if s == nil || e.leaderCount(id) == 0 {
 		return math.MaxUint64
 	}
 	return e.storeMinResolvedTS(s, now)

@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"github.com/pingcap/kvproto/pkg/pdpb"
 	"google.golang.org/grpc"
 )
@@ -175,6 +176,7 @@ func main() {
 func (e *emulator) newServer() *http.Server {
 	grpcSrv := grpc.NewServer()
 	pdpb.RegisterPDServer(grpcSrv, &pdServer{e: e})
+	brpb.RegisterBackupServer(grpcSrv, &backupServer{e: e}) // the TiKV stores' side, picked by :authority
 	api := e.apiHandler()
 	root := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
@@ -238,6 +240,14 @@ func (e *emulator) initConfig(configFile, dataDir, logFile, cacert, cert, key, c
 	now := time.Now()
 	for _, s := range e.Stores {
 		s.lastBeat = now
+	}
+	e.prepares, e.applyLag = map[uint64]*tikvPrepare{}, map[uint64]time.Duration{}
+	if e.bootstrapped() && len(e.Regions) == 0 { // state written before the emulator modelled regions
+		e.firstRegion(e.allocID(), e.allocID())
+		e.giveRegions(now)
+	}
+	if err := e.checkRegions(); err != nil {
+		return fmt.Errorf("%s: %w", e.statePath, err)
 	}
 
 	for k, v := range map[string]string{"client-urls": clientURLs, "peer-urls": peerURLs,

@@ -70,7 +70,7 @@ type store struct {
 	Namespace      string       `json:"namespace,omitempty"`
 	Index          int          `json:"index"`
 	StartTimestamp int64        `json:"start_timestamp"`
-	Leaders        int          `json:"leaders"`
+	Version        string       `json:"version,omitempty"` // TiKV version reported in /stores (default --store-version)
 
 	lastBeat time.Time // last (simulated) store heartbeat
 	paused   bool      // heartbeats stopped through the control API
@@ -103,6 +103,7 @@ type persisted struct {
 	PDServer       *object                      `json:"pd-server"`
 	ClusterVersion string                       `json:"cluster_version"`
 	MinResolvedTS  uint64                       `json:"min_resolved_ts"`
+	Regions        []*region                    `json:"regions"`
 }
 
 type pause struct{ at, until int64 }
@@ -123,6 +124,11 @@ type emulator struct {
 	pauses       map[string]pause
 	pauseWindows []pauseWindow
 	lastTSO      struct{ physical, logical int64 }
+
+	// The TiKV side of snapshot-backup preparation (tikv_prepare.go); in memory only, as in TiKV.
+	prepares      map[uint64]*tikvPrepare // by store id
+	prepareEvents []prepareEvent
+	applyLag      map[uint64]time.Duration // by region id: delay of its next WaitApplyDone
 }
 
 func (e *emulator) bootstrapped() bool { return !e.BootstrapTime.IsZero() }
@@ -190,14 +196,16 @@ func (e *emulator) bootstrap() {
 	e.PlaceholderID = id
 	e.Stores = append(e.Stores, &store{
 		ID: id, Address: placeholderAddress, Labels: []storeLabel{{"fake-tikv", "placeholder"}},
-		StartTimestamp: now.Unix(), Leaders: 2, lastBeat: now,
+		StartTimestamp: now.Unix(), lastBeat: now,
 	})
+	e.firstRegion(id+1, id+2)
 	e.ClusterVersion = e.storeVersion
 	logf("bootstrapped cluster %d with placeholder store %d", e.ClusterID, id)
 	e.save()
 }
 
 // register adds the stores of pods <name>-tikv-0..n-1 that do not exist yet and returns all n, in pod order.
+// All new store ids are allocated before their regions' ids, so a first cluster gets consecutive store ids.
 func (e *emulator) register(name, namespace string, n int) []*store {
 	e.bootstrap()
 	out := make([]*store, n)
@@ -218,17 +226,26 @@ func (e *emulator) register(name, namespace string, n int) []*store {
 			ID: e.allocID(), Address: fmt.Sprintf("%s:%d", host, tikvPort),
 			StatusAddress: fmt.Sprintf("%s:%d", host, tikvStatusPort),
 			Pod:           pod, Name: name, Namespace: namespace, Index: i,
-			StartTimestamp: now.Unix(), Leaders: 1, lastBeat: now,
+			StartTimestamp: now.Unix(), lastBeat: now,
 		}
 		e.Stores = append(e.Stores, s)
 		out[i] = s
 		changed = true
 		logf("registered store %d %s", s.ID, s.Address)
 	}
-	if changed {
+	if e.giveRegions(time.Now()) || changed {
 		e.save()
 	}
 	return out
+}
+
+func (e *emulator) storeByAddress(addr string) *store {
+	for _, s := range e.Stores {
+		if s.Address == addr {
+			return s
+		}
+	}
+	return nil
 }
 
 func (e *emulator) storeByID(id uint64) *store {
@@ -296,7 +313,7 @@ func (e *emulator) clusterMinResolvedTS(now time.Time) uint64 {
 	}
 	cur := uint64(math.MaxUint64)
 	for _, s := range e.Stores {
-		if s.Leaders > 0 {
+		if e.leaderCount(s.ID) > 0 {
 			cur = min(cur, e.storeMinResolvedTS(s, now))
 		}
 	}

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod pd;
 pub mod reason;
 pub mod schedule;
+pub mod tikv;
 #[cfg(test)]
 pub(crate) mod testkit;
 

@@ -102,6 +102,10 @@ struct Args {
     identity: Option<String>,
     #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
     lease_duration_seconds: u64,
+    /// Connect to every TiKV store at this address (host:port), keeping the store's own address as the
+    /// gRPC authority: for a proxy, or a test stack whose store addresses do not resolve.
+    #[arg(long, env = "TIKV_DIAL_ADDRESS", hide = true)]
+    tikv_dial_address: Option<String>,
     /// Act on BackupSchedules (`backupTemplate.backupMode: volume-snapshot`) as well as Backups.
     #[arg(long, env = "SCHEDULES", default_value_t = true, action = clap::ArgAction::Set)]
     schedules: bool,
@@ -138,7 +142,7 @@ async fn main() -> anyhow_free::Result {
     };
     let metrics = Arc::new(Metrics::default());
     let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
-    let connectors = Arc::new(RealConnectors::new(AwsSettings::from_environment().await));
+    let connectors = Arc::new(RealConnectors::new(AwsSettings::from_environment().await).with_tikv_dial_address(args.tikv_dial_address.clone()));
     if !args.leader_election {
         tracing::info!(namespace = ?args.namespace, "starting without leader election");
         controllers(client, settings, connectors, metrics, Arc::new(Fence::unfenced()), &args, shutdown_signal()).await;

@@ -72,6 +72,7 @@ pub struct Metrics {
     cleanups: Family<ResultLabel, Counter>,
     backup_duration: Histogram,
     pause_window: Histogram,
+    tikv_wait_apply: Histogram,
     snapshots_started: Counter,
     aws_calls: Family<AwsLabel, Counter>,
     reconcile_errors: Family<ReasonLabel, Counter>,
@@ -90,6 +91,12 @@ impl Default for Metrics {
         let cleanups = Family::<ResultLabel, Counter>::default();
         let backup_duration = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         let pause_window = Histogram::new(exponential_buckets(0.25, 2.0, 12));
+        let tikv_wait_apply = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "tikv_wait_apply_seconds",
+            "Time TiKV's regions took to apply their log once the stores were prepared (part of the pause window)",
+            tikv_wait_apply.clone(),
+        );
         let snapshots_started = Counter::default();
         let aws_calls = Family::<AwsLabel, Counter>::default();
         let reconcile_errors = Family::<ReasonLabel, Counter>::default();
@@ -152,6 +159,7 @@ impl Default for Metrics {
             cleanups,
             backup_duration,
             pause_window,
+            tikv_wait_apply,
             snapshots_started,
             aws_calls,
             reconcile_errors,
@@ -187,6 +195,10 @@ impl Metrics {
 
     pub fn pause_window(&self, seconds: f64) {
         self.pause_window.observe(seconds);
+    }
+
+    pub fn tikv_wait_apply(&self, seconds: f64) {
+        self.tikv_wait_apply.observe(seconds);
     }
 
     pub fn snapshots_started(&self, count: usize) {

@@ -110,6 +110,9 @@ reasons! {
     PDPauseFailed: Failure, "PD scheduling could not be paused";
     ScheduleNotQuiet: Failure, "PD still ran operators after the pause";
     GCSafepointAhead: Failure, "PD's GC safepoint is already past the resolved ts";
+    TiKVPrepareFailed: Failure, "TiKV's stores could not be prepared for the snapshots (the prepare stream failed)";
+    WaitApplyTimeout: Failure, "TiKV's regions did not all apply their log within a third of the pause TTL";
+    TiKVLeaseLapsed: Failure, "a TiKV store may have left the prepared state (its lease lapsed or its stream ended) before the snapshots were started";
     PauseLapsed: Failure, "the pause may have lapsed before or while the CreateSnapshots calls were made";
     PauseWindowExceeded: Failure, "the snapshots were not all started within `spec.volumeBackupInitJobMaxActiveSeconds`";
     CreateSnapshotsFailed: Failure, "a CreateSnapshots call failed";
@@ -123,12 +126,13 @@ reasons! {
     // Progress.
     WaitingForOtherBackup: Progress, "waiting while another Backup of the same TidbCluster runs";
     PausingScheduling: Progress, "pausing PD scheduling and GC";
-    Paused: Progress, "scheduling and GC paused at the resolved ts";
+    Paused: Progress, "scheduling and GC paused at the resolved ts, TiKV's stores prepared";
     Snapshotting: Progress, "CreateSnapshots calls are being sent";
     SnapshotsCreated: Progress, "every snapshot started, PD resumed, `backupmeta` written";
     SnapshotsCompleted: Progress, "every snapshot is `completed`";
     // Warnings that do not fail the backup.
     PDResumeFailed: Warning, "PD could not be told to resume; it drops the pause within one TTL";
+    TiKVPrepareUnsupported: Warning, "TiKV older than v7.6 does not serve the prepare stream: PD's pause only, as that BR does";
     PauseRefreshFailed: Warning, "refreshing the pause failed; it is retried";
     TiDBOperatorInterference: Warning, "TiDB Operator marked the Backup `Invalid`; this operator will not run it";
     // Clean-up.

@@ -43,6 +43,7 @@ pub async fn on_delete(mut cx: BackupRun<'_>) -> Result<Option<Duration>> {
         tracing::warn!(error = %e, "resuming PD for a deleted Backup failed");
     }
     cx.ctx.keepers.stop(&cx.journal.uid());
+    cx.ctx.prepared.finish(&cx.journal.uid()).await;
     cx.release_claim().await;
     if !must_clean(&cx.journal.backup) {
         cx.journal.set_finalizer(false).await?;

@@ -22,11 +22,12 @@ pub struct Clients<'a> {
     ctx: &'a Context,
     aws: Option<AwsClients>,
     pd: Option<Arc<dyn Pd>>,
+    tls: Option<Option<PdTls>>,
 }
 
 impl<'a> Clients<'a> {
     pub fn new(ctx: &'a Context) -> Self {
-        Self { ctx, aws: None, pd: None }
+        Self { ctx, aws: None, pd: None, tls: None }
     }
 
     /// AWS clients with the Backup's own identity.
@@ -67,13 +68,30 @@ impl<'a> Clients<'a> {
             return Ok(pd.clone());
         }
         let plan = plan.ok_or_else(|| Failure::new(Reason::RecordLost, "no snapshot plan recorded"))?;
-        let tls = match self.tidbcluster(&plan.cluster_namespace, &plan.cluster).await {
+        let tls = self.plan_tls(plan).await?;
+        let pd = self.ctx.connectors.pd(PdEndpoint { url: plan.pd_url.clone(), tls })?;
+        self.pd = Some(pd.clone());
+        Ok(pd)
+    }
+
+    /// TiKV's stores of the planned cluster, over TLS with the same client certificate as PD.
+    pub async fn plan_tikv(&mut self, plan: Option<&SnapshotPlan>) -> Result<Arc<dyn crate::tikv::Tikv>, Failure> {
+        let plan = plan.ok_or_else(|| Failure::new(Reason::RecordLost, "no snapshot plan recorded"))?;
+        let tls = self.plan_tls(plan).await?;
+        Ok(self.ctx.connectors.tikv(tls))
+    }
+
+    async fn plan_tls(&mut self, plan: &SnapshotPlan) -> Result<Option<PdTls>, Failure> {
+        if let Some(tls) = &self.tls {
+            return Ok(tls.clone());
+        }
+        let tls_cluster = match self.tidbcluster(&plan.cluster_namespace, &plan.cluster).await {
             Ok(Some(tc)) => ClusterFacts::from_object(&tc).tls_cluster,
             _ => false,
         };
-        let pd = self.pd(&plan.cluster, &plan.cluster_namespace, tls, &plan.pd_url).await?;
-        self.pd = Some(pd.clone());
-        Ok(pd)
+        let tls = if tls_cluster { Some(self.pd_tls(&plan.cluster, &plan.cluster_namespace).await?) } else { None };
+        self.tls = Some(tls.clone());
+        Ok(tls)
     }
 
     async fn pd_tls(&self, cluster: &str, namespace: &str) -> Result<PdTls, Failure> {

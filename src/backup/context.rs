@@ -21,6 +21,8 @@ pub struct Settings {
     pub pause_ttl: Duration,
     /// How long to wait for PD's running operators to drain after pausing.
     pub quiet_wait: Duration,
+    /// How long TiKV's regions may take to apply their log once prepared (at most a third of the TTL).
+    pub wait_apply_limit: Duration,
     /// CreateSnapshots calls in flight at most (0: as many as the token bucket lets through).
     pub snapshot_concurrency: usize,
     /// The client-side token bucket for CreateSnapshots (AWS's: a burst of 100, refilled at 5 a second).
@@ -51,6 +53,7 @@ impl Default for Settings {
             pd_url_template: "http://{cluster}-pd.{namespace}:2379".into(),
             pause_ttl: Duration::from_secs(120),
             quiet_wait: Duration::from_secs(60),
+            wait_apply_limit: Duration::from_secs(60),
             snapshot_concurrency: 0,
             create_snapshots_burst: 100,
             create_snapshots_refill_per_second: 5.0,
@@ -84,17 +87,26 @@ pub struct AwsClients {
 #[async_trait]
 pub trait Connectors: Send + Sync {
     fn pd(&self, endpoint: PdEndpoint) -> Result<Arc<dyn Pd>, crate::pd::PdError>;
+    /// TiKV's stores, with the cluster's TLS material when it uses TLS.
+    fn tikv(&self, tls: Option<crate::pd::PdTls>) -> Arc<dyn crate::tikv::Tikv>;
     async fn aws(&self, backup: &Backup, source: &CredentialSource) -> Result<AwsClients, crate::aws::AwsError>;
 }
 
 pub struct RealConnectors {
     pub settings: AwsSettings,
     identities: Mutex<HashMap<(String, String), AwsIdentity>>,
+    /// Every TiKV store is dialled here, its own address kept as the authority (`--tikv-dial-address`).
+    tikv_dial: Option<String>,
 }
 
 impl RealConnectors {
     pub fn new(settings: AwsSettings) -> Self {
-        Self { settings, identities: Mutex::new(HashMap::new()) }
+        Self { settings, identities: Mutex::new(HashMap::new()), tikv_dial: None }
+    }
+
+    pub fn with_tikv_dial_address(mut self, address: Option<String>) -> Self {
+        self.tikv_dial = address.filter(|a| !a.is_empty());
+        self
     }
 }
 
@@ -102,6 +114,10 @@ impl RealConnectors {
 impl Connectors for RealConnectors {
     fn pd(&self, endpoint: PdEndpoint) -> Result<Arc<dyn Pd>, crate::pd::PdError> {
         Ok(Arc::new(PdClient::new(endpoint)?))
+    }
+
+    fn tikv(&self, tls: Option<crate::pd::PdTls>) -> Arc<dyn crate::tikv::Tikv> {
+        Arc::new(crate::tikv::grpc::TikvClient::new(tls, self.tikv_dial.clone()))
     }
 
     async fn aws(&self, backup: &Backup, source: &CredentialSource) -> Result<AwsClients, crate::aws::AwsError> {
@@ -144,6 +160,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub backups: Store<Backup>,
     pub keepers: super::pause::keeper::Keepers,
+    /// The TiKV stores each running backup holds prepared.
+    pub prepared: super::prepare::Sessions,
     pub error_backoff: super::backoff::ErrorBackoff,
     /// Paces CreateSnapshots across every backup of this operator (AWS meters the account and Region).
     pub create_snapshots_bucket: Arc<crate::aws::rate::TokenBucket>,
@@ -173,6 +191,7 @@ impl Context {
             writer: Arc::new(StatusWriter::new()),
             backups,
             keepers: Default::default(),
+            prepared: Default::default(),
             error_backoff: Default::default(),
             create_snapshots_bucket: Arc::new(bucket),
             metrics,

@@ -15,6 +15,7 @@ use crate::api::condition::{NewCondition, set_condition};
 pub async fn run(cx: &mut BackupRun<'_>, failure: Failure) -> StepResult {
     let mut notes = Vec::new();
     cx.ctx.keepers.stop(&cx.journal.uid());
+    cx.ctx.prepared.finish(&cx.journal.uid()).await;
     if cx.journal.record.paused()
         && let Err(e) = resume_and_record(cx).await?
     {

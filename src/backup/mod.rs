@@ -20,6 +20,7 @@ pub mod orphans;
 pub mod ownership;
 pub mod pause;
 pub mod preflight;
+pub mod prepare;
 pub mod queue;
 pub mod record;
 mod resume;

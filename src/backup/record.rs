@@ -42,6 +42,9 @@ pub struct BackupRecord {
     pub pause: Option<PauseRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_ts: Option<u64>,
+    /// TiKV's prepare for the snapshots, taken before the resolved ts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepare: Option<PrepareRecord>,
     /// Instances a CreateSnapshots call was (or may have been) sent for; their snapshots are looked
     /// up by tag before any second call, as CreateSnapshots has no idempotency token.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -125,6 +128,18 @@ pub struct SnapshotPlan {
     pub instances: Vec<InstancePlan>,
     /// volume id -> availability zone.
     pub volume_az: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrepareRecord {
+    pub stores: usize,
+    pub regions: usize,
+    pub wait_apply_ms: u64,
+    /// Set when the stores do not serve the prepare stream (TiKV older than the feature): the backup
+    /// goes on with PD's pause only, as the BR of that version does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsupported: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ use crate::reason::Reason;
 pub async fn resume_pd(cx: &mut BackupRun<'_>) -> Result<(), ResumeError> {
     let Some(pause) = cx.journal.record.pause.clone() else { return Ok(()) };
     cx.ctx.keepers.stop(&cx.journal.uid());
+    cx.ctx.prepared.finish(&cx.journal.uid()).await;
     let pd = cx.clients.plan_pd(cx.journal.record.plan.as_ref()).await.map_err(|f| ResumeError::new(&pause, f.message))?;
     let mut last = Ok(());
     for attempt in 0..3 {

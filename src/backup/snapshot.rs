@@ -32,7 +32,7 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
         return Err(Failure::new(Reason::PauseWindowExceeded, message).into());
     }
     let pd = cx.clients.plan_pd(cx.journal.record.plan.as_ref()).await?;
-    let Some(guard) = ensure_keeper(cx, pd, None) else {
+    let Some(guard) = ensure_keeper(cx, pd.clone(), None) else {
         return Err(Failure::new(Reason::PauseLapsed, "PD was resumed before all snapshots were started").into());
     };
     // A keeper started after a restart or a hand-over refreshes at once: no call goes out before PD has
@@ -43,6 +43,7 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
         .await
         .and_then(|()| guard.check(margin))
         .map_err(|why| Failure::new(Reason::PauseLapsed, format!("{why}; snapshots taken now would not be consistent")))?;
+    ensure_prepared(cx, &pd, &pause).await?;
     let aws = cx.clients.aws(&cx.journal.backup).await?;
     let deadline = Instant::now() + Duration::from_secs((pause.paused_at + max_window - unix_now()).max(1) as u64);
     wait_for_earlier_calls(cx).await;
@@ -73,7 +74,39 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
     guard.check(Duration::ZERO).and_then(|()| leading(&cx.ctx.fence)).map_err(|why| {
         Failure::new(Reason::PauseLapsed, format!("{why} while CreateSnapshots calls were in flight; the snapshots are not consistent"))
     })?;
+    if let Some(Err(why)) = cx.ctx.prepared.check(&cx.journal.uid()) {
+        return Err(Failure::new(Reason::TiKVLeaseLapsed, format!("{why} while CreateSnapshots calls were in flight; the snapshots are not consistent")).into());
+    }
     Ok(Outcome::Continue)
+}
+
+/// TiKV's stores are prepared before any call goes out: the pause step's prepare if it still holds, or
+/// (after a restart or a hand-over, which dropped it) a new one.
+async fn ensure_prepared(cx: &mut BackupRun<'_>, pd: &std::sync::Arc<dyn crate::pd::Pd>, pause: &crate::backup::record::PauseRecord) -> Result<(), Failure> {
+    let uid = cx.journal.uid();
+    match cx.ctx.prepared.check(&uid) {
+        Some(Ok(())) => return Ok(()),
+        Some(Err(why)) => return Err(Failure::new(Reason::TiKVLeaseLapsed, format!("{why}; snapshots taken now would not be consistent"))),
+        None => {}
+    }
+    if !cx.journal.record.prepare.as_ref().is_some_and(|p| p.unsupported.is_none()) {
+        return Ok(());
+    }
+    let stores = pd.stores().await.map_err(|e| Failure::doing("reading PD stores", &e))?;
+    let limit = cx.ctx.settings.wait_apply_limit.min(Duration::from_secs((pause.ttl_seconds / 3).max(1)));
+    match crate::backup::prepare::prepare_plan_stores(cx, pd, &stores, limit).await? {
+        crate::backup::prepare::Outcome::Prepared(prepared, record) => {
+            tracing::info!(wait_apply_ms = record.wait_apply_ms, "prepared TiKV's stores again (the earlier prepare was this process's predecessor's)");
+            if let Some(guard) = cx.ctx.keepers.guard(&uid) {
+                prepared.renew_while(move || guard.check(Duration::ZERO).is_ok());
+            }
+            cx.ctx.prepared.hold(&uid, prepared);
+            Ok(())
+        }
+        crate::backup::prepare::Outcome::Unsupported(record) => {
+            Err(Failure::new(Reason::TiKVPrepareFailed, record.unsupported.unwrap_or_else(|| "the stores no longer serve the prepare stream".into())))
+        }
+    }
 }
 
 fn leading(fence: &Fence) -> Result<(), String> {

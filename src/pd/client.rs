@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::proto::{self, pd_client::PdClient as GrpcClient};
-use super::{GcSafepoints, MinResolvedTs, Pd, PdError, Result, SafepointUpdate, ServiceSafepoint, Store};
+use super::{GcSafepoints, MinResolvedTs, Pd, PdError, Region, Result, SafepointUpdate, ServiceSafepoint, Store};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -158,8 +158,36 @@ fn parse_store(entry: &Value) -> Option<Store> {
     })
 }
 
+/// PD's region keys are upper-case hex of the encoded key (`""` for the ends of the keyspace).
+fn hex_key(value: &Value) -> Option<Vec<u8>> {
+    let text = value.as_str().unwrap_or("");
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
+}
+
+fn parse_region(value: &Value) -> Option<Region> {
+    let peers = value["peers"].as_array().into_iter().flatten().filter_map(|p| Some((p["id"].as_u64()?, p["store_id"].as_u64()?))).collect();
+    Some(Region {
+        id: value["id"].as_u64()?,
+        start_key: hex_key(&value["start_key"])?,
+        end_key: hex_key(&value["end_key"])?,
+        conf_ver: value["epoch"]["conf_ver"].as_u64().unwrap_or(0),
+        version: value["epoch"]["version"].as_u64().unwrap_or(0),
+        peers,
+        leader_store: value["leader"]["store_id"].as_u64(),
+    })
+}
+
 #[async_trait]
 impl Pd for PdClient {
+    async fn regions(&self) -> Result<Vec<Region>> {
+        let value = self.get("regions").await?;
+        let list = value["regions"].as_array().ok_or_else(|| decode_err("regions", &value))?;
+        list.iter().map(|r| parse_region(r).ok_or_else(|| decode_err("region", r))).collect()
+    }
+
     async fn cluster_version(&self) -> Result<String> {
         let value = self.get("config/cluster-version").await?;
         let version = value.as_str().ok_or_else(|| decode_err("cluster-version", &value))?;

@@ -69,6 +69,18 @@ impl Store {
     }
 }
 
+/// A region as PD lists it: key range, epoch, peers (peer id, store id) and the leader's store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Region {
+    pub id: u64,
+    pub start_key: Vec<u8>,
+    pub end_key: Vec<u8>,
+    pub conf_ver: u64,
+    pub version: u64,
+    pub peers: Vec<(u64, u64)>,
+    pub leader_store: Option<u64>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MinResolvedTs {
     pub ts: u64,
@@ -114,6 +126,8 @@ pub trait Pd: Send + Sync {
     /// `ttl_seconds = 0` removes `service_id`'s safepoint.
     async fn update_service_safepoint(&self, service_id: &str, ttl_seconds: i64, safe_point: u64) -> Result<SafepointUpdate>;
     async fn gc_safepoints(&self) -> Result<GcSafepoints>;
+    /// Every region with its leader (`GET /pd/api/v1/regions`).
+    async fn regions(&self) -> Result<Vec<Region>>;
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod aws;
 pub mod failpoints;
 pub mod faults;
 pub mod pd;
+pub mod tikv;
 pub mod world;
 
 pub use apiserver::{ApiFault, FakeApiServer, Verb};

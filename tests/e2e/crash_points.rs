@@ -20,6 +20,7 @@ const POINTS: &[&str] = &[
     "preflight.after-save",
     "pause.after-intent",
     "pause.after-apply",
+    "pause.after-prepare",
     "pause.after-safepoint",
     "pause.after-save",
     "snapshot.after-requests",

@@ -11,6 +11,7 @@ use super::keeper::KeeperJob;
 use crate::api::ConditionType;
 use crate::api::condition::{NewCondition, set_condition};
 use crate::backup::claim::Claim;
+use crate::backup::prepare::{self, Sessions, prepare_plan_stores};
 use crate::backup::clock::unix_now;
 use crate::backup::record::{Failure, PauseRecord};
 use crate::backup::step::{BackupRun, Outcome, StepResult};
@@ -25,8 +26,8 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
     }
     let ttl = cx.ctx.settings.pause_ttl.as_secs().max(3);
     let store_count = cx.journal.record.plan.as_ref().map_or(1, |p| p.stores.len());
-    let (schedulers, config) =
-        tokio::try_join!(pd.schedulers(), pd.schedule_config()).map_err(|e| Failure::doing("reading PD schedulers/config", &e))?;
+    let (schedulers, config, stores) = tokio::try_join!(pd.schedulers(), pd.schedule_config(), pd.stores())
+        .map_err(|e| Failure::doing("reading PD schedulers, config and stores", &e))?;
     let schedulers: Vec<String> = schedulers.into_iter().filter(|s| SCHEDULERS_TO_PAUSE.contains(&s.as_str())).collect();
     let (paused_config, original_config) = pause_config_values(&config, store_count);
     // The TTLs start when PD takes the first pause call, so that is the time recorded.
@@ -75,6 +76,19 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
     // The keeper starts only after the resolved ts is known, so the wait must end well within the TTL.
     let quiet_wait = cx.ctx.settings.quiet_wait.min(Duration::from_secs(ttl / 3));
     wait_until_quiet(pd.as_ref(), quiet_wait).await?;
+    // Before the resolved ts, as BR: no region splits, merges or lags behind its log from here on.
+    let wait_apply_limit = cx.ctx.settings.wait_apply_limit.min(Duration::from_secs(ttl / 3));
+    let (prepared, prepare_record) = match prepare_plan_stores(cx, &pd, &stores, wait_apply_limit).await? {
+        prepare::Outcome::Prepared(prepared, record) => (Some(prepared), record),
+        prepare::Outcome::Unsupported(record) => {
+            let note = format!("{}: going on with PD's pause only, as the BR of this TiKV version does", record.unsupported.as_deref().unwrap_or(""));
+            tracing::warn!(%note);
+            cx.journal.events.warning(Reason::TiKVPrepareUnsupported, &note, "Prepare").await;
+            (None, record)
+        }
+    };
+    let prepared = PreparedUntilHeld { uid: cx.journal.uid(), prepared };
+    crate::crash_point!("pause.after-prepare");
     let resolved_ts = match pd.min_resolved_ts().await.map_err(|e| Failure::doing("reading min resolved ts", &e))? {
         ts if ts.is_real_time && ts.ts > 0 && ts.ts != u64::MAX => ts.ts,
         ts => return Err(Failure::new(Reason::MinResolvedTsNotEnabled, format!("PD's min resolved ts is not usable ({ts:?})")).into()),
@@ -95,18 +109,24 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
         let message = format!("PD's GC safepoint {} is not below the resolved ts {resolved_ts}", gc.gc_safe_point);
         return Err(Failure::new(Reason::GCSafepointAhead, message).into());
     }
-    let message = format!("scheduling and GC paused at resolved ts {resolved_ts} (TTL {ttl}s, kept alive)");
+    let tikv = match &prepare_record.unsupported {
+        None => format!("{} TiKV stores prepared, {} regions applied in {} ms", prepare_record.stores, prepare_record.regions, prepare_record.wait_apply_ms),
+        Some(_) => "TiKV not prepared (it does not serve the prepare stream)".to_string(),
+    };
+    let message = format!("scheduling and GC paused at resolved ts {resolved_ts} (TTL {ttl}s, kept alive); {tikv}");
     cx.journal
         .save(|status, record, now| {
             if let Some(p) = record.pause.as_mut() {
                 p.safepoint = Some(safepoint);
             }
             record.resolved_ts = Some(resolved_ts);
+            record.prepare = Some(prepare_record.clone());
             set_condition(status, NewCondition::truthy(ConditionType::VolumeBackupInitialized).because(Reason::Paused, message.clone()), now);
         })
         .await?;
     crate::crash_point!("pause.after-save");
-    ensure_keeper(cx, pd, Some(applied_at));
+    let guard = ensure_keeper(cx, pd, Some(applied_at));
+    prepared.hold(&cx.ctx.prepared, guard);
     Ok(Outcome::Continue)
 }
 
@@ -150,5 +170,32 @@ async fn wait_until_quiet(pd: &dyn Pd, limit: Duration) -> Result<(), Failure> {
             return Err(Failure::new(Reason::ScheduleNotQuiet, format!("PD still runs {} operators {}s after pausing", ops.len(), limit.as_secs())));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A prepare not yet handed to [`Sessions`]: a step that ends early (a failure, an error) finishes it at
+/// once instead of leaving TiKV's lease to lapse.
+struct PreparedUntilHeld {
+    uid: String,
+    prepared: Option<crate::tikv::prepare::Prepared>,
+}
+
+impl PreparedUntilHeld {
+    /// Held while the pause is: when its keeper stops, for whatever reason, TiKV is told Finish.
+    fn hold(mut self, sessions: &Sessions, guard: Option<Arc<PauseGuard>>) {
+        if let Some(prepared) = self.prepared.take() {
+            if let Some(guard) = guard {
+                prepared.renew_while(move || guard.check(Duration::ZERO).is_ok());
+            }
+            sessions.hold(&self.uid, prepared);
+        }
+    }
+}
+
+impl Drop for PreparedUntilHeld {
+    fn drop(&mut self) {
+        if let Some(prepared) = self.prepared.take() {
+            tokio::spawn(prepared.finish());
+        }
     }
 }

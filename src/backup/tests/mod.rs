@@ -9,6 +9,7 @@ mod complete;
 mod crash_matrix;
 mod failure;
 mod pause;
+mod prepare;
 mod preflight;
 mod resume;
 mod snapshot;

@@ -32,6 +32,7 @@ pub enum PdMethod {
     MinResolvedTs,
     UpdateServiceSafepoint,
     GcSafepoints,
+    Regions,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +96,10 @@ impl FakePd {
 
     pub fn set_store_state(&self, id: u64, state_name: &str) {
         self.lock().stores.iter_mut().filter(|s| s.id == id).for_each(|s| s.state_name = state_name.into());
+    }
+
+    pub fn set_store_version(&self, id: u64, version: &str) {
+        self.lock().stores.iter_mut().filter(|s| s.id == id).for_each(|s| s.version = version.into());
     }
 
     pub fn set_version(&self, version: &str) {
@@ -263,6 +268,26 @@ impl Pd for FakePd {
         }
         let (min_service_id, min_safe_point) = state.min_safepoint(None);
         Ok(SafepointUpdate { min_service_id, min_safe_point })
+    }
+
+    /// One region per store, led by it, the keyspace split in store order.
+    async fn regions(&self) -> Result<Vec<crate::pd::Region>> {
+        self.enter(PdMethod::Regions, String::new()).await?;
+        let stores = self.lock().stores.clone();
+        let key = |i: usize| if i == 0 || i == stores.len() { vec![] } else { format!("r{i:04}").into_bytes() };
+        Ok(stores
+            .iter()
+            .enumerate()
+            .map(|(i, store)| crate::pd::Region {
+                id: 1000 + store.id,
+                start_key: key(i),
+                end_key: key(i + 1),
+                conf_ver: 1,
+                version: 1,
+                peers: vec![(2000 + store.id, store.id)],
+                leader_store: Some(store.id),
+            })
+            .collect())
     }
 
     async fn gc_safepoints(&self) -> Result<GcSafepoints> {

@@ -14,6 +14,7 @@ use crate::testkit::{FakePd, FakeS3, FakeSnapshots};
 
 pub struct FakeConnectors {
     pub pd: FakePd,
+    pub tikv: crate::testkit::tikv::FakeTikv,
     pub snapshots: FakeSnapshots,
     pub s3: FakeS3,
     pd_urls: Mutex<Vec<String>>,
@@ -23,7 +24,7 @@ pub struct FakeConnectors {
 
 impl FakeConnectors {
     pub fn new(pd: FakePd, snapshots: FakeSnapshots, s3: FakeS3) -> Self {
-        Self { pd, snapshots, s3, pd_urls: Mutex::default(), identities: Mutex::default(), credential_faults: Mutex::default() }
+        Self { pd, tikv: Default::default(), snapshots, s3, pd_urls: Mutex::default(), identities: Mutex::default(), credential_faults: Mutex::default() }
     }
 
     /// The PD URLs asked for, in order.
@@ -47,6 +48,10 @@ impl Connectors for FakeConnectors {
     fn pd(&self, endpoint: PdEndpoint) -> Result<Arc<dyn Pd>, PdError> {
         self.pd_urls.lock().expect("pd urls").push(endpoint.url);
         Ok(Arc::new(self.pd.clone()))
+    }
+
+    fn tikv(&self, _tls: Option<crate::pd::PdTls>) -> Arc<dyn crate::tikv::Tikv> {
+        Arc::new(self.tikv.clone())
     }
 
     async fn aws(&self, backup: &Backup, source: &CredentialSource) -> Result<AwsClients, AwsError> {

@@ -51,6 +51,7 @@ pub fn test_settings() -> Settings {
     Settings {
         pause_ttl: Duration::from_secs(30),
         quiet_wait: Duration::from_secs(1),
+        wait_apply_limit: Duration::from_secs(1),
         poll_interval: Duration::from_millis(50),
         throttle_backoff_max: Duration::from_secs(1),
         instance: Some("testkit".into()),

@@ -43,7 +43,7 @@ impl Operator {
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
             .try_init();
-        let connectors = Arc::new(RealConnectors::new(AwsSettings { base: stack.aws_config().await }));
+        let connectors = Arc::new(RealConnectors::new(AwsSettings { base: stack.aws_config().await }).with_tikv_dial_address(Some(stack.tikv_dial_address())));
         let metrics = Arc::new(Metrics::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(backup::run(
@@ -77,7 +77,7 @@ impl Operator {
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
             .try_init();
-        let connectors = Arc::new(RealConnectors::new(AwsSettings { base: stack.aws_config().await }));
+        let connectors = Arc::new(RealConnectors::new(AwsSettings { base: stack.aws_config().await }).with_tikv_dial_address(Some(stack.tikv_dial_address())));
         let metrics = Arc::new(Metrics::default());
         let fence = Arc::new(tidb_ebs_backup::k8s::lease::Fence::unfenced());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -152,6 +152,7 @@ pub fn spawn_operator_binary_with_env(
         .env("AWS_SECRET_ACCESS_KEY", &stack.aws_secret_access_key)
         .env("AWS_REGION", &stack.aws_region)
         .env("LOG_LEVEL", "info")
+        .env("TIKV_DIAL_ADDRESS", stack.tikv_dial_address())
         .envs(env.iter().copied())
         .stdout(Stdio::from(log.try_clone().expect("log file")))
         .stderr(Stdio::from(log))

@@ -172,6 +172,12 @@ impl Stack {
 
     /// A fresh admin client (a client's connection pool belongs to the runtime that made it, and every
     /// `#[tokio::test]` has its own runtime, so clients are not shared between tests).
+    /// Where the operator reaches the stack's TiKV stores (their in-cluster names do not resolve here):
+    /// the PD emulator serves them on its own gRPC port.
+    pub fn tikv_dial_address(&self) -> String {
+        self.pd_url.split_once("://").map_or(self.pd_url.as_str(), |(_, rest)| rest).trim_end_matches('/').to_string()
+    }
+
     pub async fn kube_client(&self) -> kube::Client {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).unwrap_or_else(|e| panic!("reading kubeconfig {}: {e}", self.kubeconfig.display()));
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())

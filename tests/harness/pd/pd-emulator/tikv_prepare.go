@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -107,16 +106,9 @@ type backupServer struct {
 	e *emulator
 }
 
-// storeOf resolves the :authority to a store: its address exactly, or its host with the TiKV port.
-func (e *emulator) storeOf(authority string) *store {
-	if s := e.storeByAddress(authority); s != nil {
-		return s
-	}
-	if _, _, err := net.SplitHostPort(authority); err != nil {
-		return e.storeByAddress(net.JoinHostPort(authority, strconv.Itoa(tikvPort)))
-	}
-	return nil
-}
+// storeOf resolves the :authority to a store: it must be exactly the store's address as PD lists it
+// (host:port), so a client that loses the port or dials the wrong name fails loudly here.
+func (e *emulator) storeOf(authority string) *store { return e.storeByAddress(authority) }
 
 func authorityOf(md metadata.MD) string {
 	if v := md.Get(":authority"); len(v) > 0 {

@@ -477,8 +477,10 @@ func TestPrepareUnimplementedAndUnknownStore(t *testing.T) {
 	if versions[s.ID] != "7.1.0" || versions[env.stores[1].ID] != "8.5.5" {
 		t.Fatalf("store versions %v", versions)
 	}
-	ps = env.open("nowhere.svc:20160")
-	ps.expectCode(codes.Unavailable)
+	for _, authority := range []string{"nowhere.svc:20160", strings.TrimSuffix(s.Address, ":20160")} {
+		ps = env.open(authority)
+		ps.expectCode(codes.Unavailable)
+	}
 	// The placeholder store is a store like any other, picked by its address.
 	ps = env.open(placeholderAddress)
 	ps.lease(5)
@@ -666,6 +668,18 @@ func TestRegionsPersisted(t *testing.T) {
 	}
 	if err := e2.checkRegions(); err != nil {
 		t.Fatal(err)
+	}
+	// State written before regions were modelled gets them on load: the placeholder's, then one per store.
+	e2.Regions = nil
+	e2.save()
+	e3 := newEmu()
+	if err := e3.checkRegions(); err != nil || len(e3.Regions) != 3 {
+		t.Fatalf("migrated regions %v: %v", e3.Regions, err)
+	}
+	for _, s := range e3.Stores {
+		if e3.leaderCount(s.ID) != 1 {
+			t.Fatalf("store %d leads %d regions after migration", s.ID, e3.leaderCount(s.ID))
+		}
 	}
 }
 

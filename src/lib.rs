@@ -9,9 +9,9 @@ pub mod metrics;
 pub mod pd;
 pub mod reason;
 pub mod schedule;
-pub mod tikv;
 #[cfg(test)]
 pub(crate) mod testkit;
+pub mod tikv;
 
 /// A point where the crash-point tests kill the operator: built with the `failpoints` feature and run
 /// with `FAILPOINTS=<name>=return`, the process aborts there. Without the feature it is nothing.

@@ -75,28 +75,39 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
         Failure::new(Reason::PauseLapsed, format!("{why} while CreateSnapshots calls were in flight; the snapshots are not consistent"))
     })?;
     if let Some(Err(why)) = cx.ctx.prepared.check(&cx.journal.uid()) {
-        return Err(Failure::new(Reason::TiKVLeaseLapsed, format!("{why} while CreateSnapshots calls were in flight; the snapshots are not consistent")).into());
+        return Err(Failure::new(
+            Reason::TiKVLeaseLapsed,
+            format!("{why} while CreateSnapshots calls were in flight; the snapshots are not consistent"),
+        )
+        .into());
     }
     Ok(Outcome::Continue)
 }
 
 /// TiKV's stores are prepared before any call goes out: the pause step's prepare if it still holds, or
 /// (after a restart or a hand-over, which dropped it) a new one.
-async fn ensure_prepared(cx: &mut BackupRun<'_>, pd: &std::sync::Arc<dyn crate::pd::Pd>, pause: &crate::backup::record::PauseRecord) -> Result<(), Failure> {
+async fn ensure_prepared(
+    cx: &mut BackupRun<'_>,
+    pd: &std::sync::Arc<dyn crate::pd::Pd>,
+    pause: &crate::backup::record::PauseRecord,
+) -> Result<(), Failure> {
     let uid = cx.journal.uid();
     match cx.ctx.prepared.check(&uid) {
         Some(Ok(())) => return Ok(()),
         Some(Err(why)) => return Err(Failure::new(Reason::TiKVLeaseLapsed, format!("{why}; snapshots taken now would not be consistent"))),
         None => {}
     }
-    if !cx.journal.record.prepare.as_ref().is_some_and(|p| p.unsupported.is_none()) {
+    if cx.journal.record.prepare.as_ref().is_none_or(|p| p.unsupported.is_some()) {
         return Ok(());
     }
     let stores = pd.stores().await.map_err(|e| Failure::doing("reading PD stores", &e))?;
     let limit = cx.ctx.settings.wait_apply_limit.min(Duration::from_secs((pause.ttl_seconds / 3).max(1)));
     match crate::backup::prepare::prepare_plan_stores(cx, pd, &stores, limit).await? {
         crate::backup::prepare::Outcome::Prepared(prepared, record) => {
-            tracing::info!(wait_apply_ms = record.wait_apply_ms, "prepared TiKV's stores again (the earlier prepare was this process's predecessor's)");
+            tracing::info!(
+                wait_apply_ms = record.wait_apply_ms,
+                "prepared TiKV's stores again (the earlier prepare was this process's predecessor's)"
+            );
             if let Some(guard) = cx.ctx.keepers.guard(&uid) {
                 prepared.renew_while(move || guard.check(Duration::ZERO).is_ok());
             }

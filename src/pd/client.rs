@@ -161,7 +161,7 @@ fn parse_store(entry: &Value) -> Option<Store> {
 /// PD's region keys are upper-case hex of the encoded key (`""` for the ends of the keyspace).
 fn hex_key(value: &Value) -> Option<Vec<u8>> {
     let text = value.as_str().unwrap_or("");
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()

@@ -106,7 +106,10 @@ fn serve(state: &Mutex<State>, store: u64, request: crate::tikv::PrepareRequest)
             if state.never_apply.contains(&store) {
                 return (vec![], false);
             }
-            let done = request.regions.into_iter().map(|region| Ok(PrepareResponse { ty: EventType::WaitApplyDone as i32, region: Some(region), ..Default::default() }));
+            let done = request
+                .regions
+                .into_iter()
+                .map(|region| Ok(PrepareResponse { ty: EventType::WaitApplyDone as i32, region: Some(region), ..Default::default() }));
             (done.collect(), false)
         }
         Ok(RequestType::Finish) => {

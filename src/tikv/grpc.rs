@@ -43,8 +43,9 @@ impl Tikv for TikvClient {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10));
         if let Some(tls) = &self.tls {
-            let mut config =
-                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem)).identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+            let mut config = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
             if let Some(dial) = &self.dial {
                 // The certificate is the dialled server's.
                 config = config.domain_name(dial.rsplit_once(':').map_or(dial.as_str(), |(host, _)| host).to_string());

@@ -89,7 +89,13 @@ pub async fn prepare(tikv: &dyn Tikv, pd: &dyn Pd, stores: &[StoreAddress], leas
 
 /// WaitApply for every region at its leader, again for those that fail, until all have applied and
 /// cover the keyspace; the number of regions.
-async fn wait_apply_all(pd: &dyn Pd, senders: &[(u64, mpsc::Sender<PrepareRequest>)], events: &mut Events, deadline: Instant, limit: Duration) -> Result<usize, TikvError> {
+async fn wait_apply_all(
+    pd: &dyn Pd,
+    senders: &[(u64, mpsc::Sender<PrepareRequest>)],
+    events: &mut Events,
+    deadline: Instant,
+    limit: Duration,
+) -> Result<usize, TikvError> {
     let ours: std::collections::HashSet<u64> = senders.iter().map(|(id, _)| *id).collect();
     let mut applied: HashMap<u64, (u64, u64)> = HashMap::new();
     loop {
@@ -204,7 +210,11 @@ impl Drop for Prepared {
     }
 }
 
-async fn open_with_lease(tikv: &dyn Tikv, store: &StoreAddress, lease_seconds: u64) -> Result<(mpsc::Sender<PrepareRequest>, futures::stream::BoxStream<'static, Result<PrepareResponse, tonic::Status>>), TikvError> {
+async fn open_with_lease(
+    tikv: &dyn Tikv,
+    store: &StoreAddress,
+    lease_seconds: u64,
+) -> Result<(mpsc::Sender<PrepareRequest>, futures::stream::BoxStream<'static, Result<PrepareResponse, tonic::Status>>), TikvError> {
     let mut stream = tikv.open(store.id, &store.address).await?;
     let lease = PrepareRequest { ty: RequestType::UpdateLease as i32, regions: vec![], lease_in_seconds: lease_seconds };
     stream.requests.send(lease).await.map_err(|_| TikvError::Stream { store: store.id, message: "the stream closed".into() })?;
@@ -227,7 +237,9 @@ async fn watch_streams(mut events: Events, broken: Arc<Mutex<Option<String>>>, e
                 Some(format!("TiKV store {store} closed its prepare stream"))
             }
             Some(Err(status)) => Some(stream_error(store, status).to_string()),
-            Some(Ok(r)) if r.ty == EventType::UpdateLeaseResult as i32 && !r.last_lease_is_valid => Some(TikvError::LeaseLapsed { store }.to_string()),
+            Some(Ok(r)) if r.ty == EventType::UpdateLeaseResult as i32 && !r.last_lease_is_valid => {
+                Some(TikvError::LeaseLapsed { store }.to_string())
+            }
             Some(Ok(_)) => None,
         };
         if let Some(why) = why {

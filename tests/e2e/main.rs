@@ -16,6 +16,7 @@ mod helm_chart;
 mod iam_policy;
 mod leader;
 mod monitoring;
+mod prepare;
 mod rbac_rules;
 mod safety;
 mod schedule;

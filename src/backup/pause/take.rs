@@ -11,8 +11,8 @@ use super::keeper::KeeperJob;
 use crate::api::ConditionType;
 use crate::api::condition::{NewCondition, set_condition};
 use crate::backup::claim::Claim;
-use crate::backup::prepare::{self, Sessions, prepare_plan_stores};
 use crate::backup::clock::unix_now;
+use crate::backup::prepare::{self, Sessions, prepare_plan_stores};
 use crate::backup::record::{Failure, PauseRecord};
 use crate::backup::step::{BackupRun, Outcome, StepResult};
 use crate::pd::{Pd, SCHEDULERS_TO_PAUSE, pause_config_values};
@@ -110,7 +110,10 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
         return Err(Failure::new(Reason::GCSafepointAhead, message).into());
     }
     let tikv = match &prepare_record.unsupported {
-        None => format!("{} TiKV stores prepared, {} regions applied in {} ms", prepare_record.stores, prepare_record.regions, prepare_record.wait_apply_ms),
+        None => format!(
+            "{} TiKV stores prepared, {} regions applied in {} ms",
+            prepare_record.stores, prepare_record.regions, prepare_record.wait_apply_ms
+        ),
         Some(_) => "TiKV not prepared (it does not serve the prepare stream)".to_string(),
     };
     let message = format!("scheduling and GC paused at resolved ts {resolved_ts} (TTL {ttl}s, kept alive); {tikv}");

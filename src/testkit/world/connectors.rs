@@ -24,7 +24,15 @@ pub struct FakeConnectors {
 
 impl FakeConnectors {
     pub fn new(pd: FakePd, snapshots: FakeSnapshots, s3: FakeS3) -> Self {
-        Self { pd, tikv: Default::default(), snapshots, s3, pd_urls: Mutex::default(), identities: Mutex::default(), credential_faults: Mutex::default() }
+        Self {
+            pd,
+            tikv: Default::default(),
+            snapshots,
+            s3,
+            pd_urls: Mutex::default(),
+            identities: Mutex::default(),
+            credential_faults: Mutex::default(),
+        }
     }
 
     /// The PD URLs asked for, in order.

@@ -43,7 +43,8 @@ impl Operator {
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
             .try_init();
-        let connectors = Arc::new(RealConnectors::new(AwsSettings { base: stack.aws_config().await }).with_tikv_dial_address(Some(stack.tikv_dial_address())));
+        let connectors =
+            Arc::new(RealConnectors::new(AwsSettings { base: stack.aws_config().await }).with_tikv_dial_address(Some(stack.tikv_dial_address())));
         let metrics = Arc::new(Metrics::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(backup::run(
@@ -77,7 +78,8 @@ impl Operator {
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
             .try_init();
-        let connectors = Arc::new(RealConnectors::new(AwsSettings { base: stack.aws_config().await }).with_tikv_dial_address(Some(stack.tikv_dial_address())));
+        let connectors =
+            Arc::new(RealConnectors::new(AwsSettings { base: stack.aws_config().await }).with_tikv_dial_address(Some(stack.tikv_dial_address())));
         let metrics = Arc::new(Metrics::default());
         let fence = Arc::new(tidb_ebs_backup::k8s::lease::Fence::unfenced());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

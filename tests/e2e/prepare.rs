@@ -1,0 +1,181 @@
+//! TiKV's prepare on the stack, as the PD emulator's TiKV side sees it (`/tikv/prepare-events`): every
+//! store leased and every region waited on before the resolved ts, a lagging region waited for, the lease
+//! finished right after the CreateSnapshots calls and on failure and deletion, splits refused while
+//! prepared; an old TiKV gets PD's pause only with a Warning; a region that never applies fails the backup
+//! within the limit with nothing paused or prepared.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tidb_ebs_backup::api::ConditionType;
+
+use crate::support::e2e::{Operator, Scene, assert_completed, settings, settled_pd_state};
+use crate::support::{eventually, exclusive, http};
+
+async fn control(scene: &Scene, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("{}{path}", scene.stack.fake_tikv_control);
+    let mut request = http().request(method, &url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The prepare events of this scene's stores, in order.
+async fn events(scene: &Scene) -> Vec<Value> {
+    let ids: Vec<u64> = scene.cluster.tikv.iter().map(|s| s.store_id).collect();
+    let (_, all) = control(scene, reqwest::Method::GET, "/tikv/prepare-events", None).await;
+    all.as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["store"].as_u64().is_some_and(|s| ids.contains(&s)))
+        .collect()
+}
+
+async fn prepared_stores(scene: &Scene) -> Vec<u64> {
+    let mut prepared = Vec::new();
+    for store in &scene.cluster.tikv {
+        let (_, state) = control(scene, reqwest::Method::GET, &format!("/tikv/stores/{}/prepare", store.store_id), None).await;
+        if state["prepared"].as_bool() == Some(true) {
+            prepared.push(store.store_id);
+        }
+    }
+    prepared
+}
+
+/// This scene's regions (led by its stores), from PD.
+async fn regions(scene: &Scene) -> Vec<tidb_ebs_backup::pd::Region> {
+    use tidb_ebs_backup::pd::Pd;
+    let ids: Vec<u64> = scene.cluster.tikv.iter().map(|s| s.store_id).collect();
+    let all = scene.stack.pd_client().regions().await.expect("PD regions");
+    all.into_iter().filter(|r| r.leader_store.is_some_and(|l| ids.contains(&l))).collect()
+}
+
+fn at(event: &Value) -> u64 {
+    event["at_ms"].as_u64().unwrap_or(0)
+}
+
+/// fake-tikv (next to a real pd-server) does not serve the prepare stream; the PD emulator does.
+fn emulated(_scene: &Scene) -> bool {
+    let env = std::env::var("HARNESS_ENV").ok().and_then(|path| std::fs::read_to_string(path).ok()).unwrap_or_default();
+    env.lines().any(|line| line.trim() == "PD_IMPL=emulator")
+}
+
+async fn events_about(scene: &Scene, name: &str) -> Vec<String> {
+    use kube::api::{Api, ListParams};
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(scene.client.clone(), &scene.namespace);
+    let list = events.list(&ListParams::default()).await.unwrap();
+    list.items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| format!("{} {}", e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_store_is_prepared_before_the_resolved_ts_and_a_lagging_region_is_waited_for() {
+    let _stack = exclusive().await;
+    let scene = Scene::new("prepare", 3, 1).await;
+    if !emulated(&scene) {
+        return eprintln!("skipped: the real pd-server's fake-tikv does not serve PrepareSnapshotBackup");
+    }
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let before = settled_pd_state(scene.stack).await;
+    let lagging = regions(&scene).await.first().expect("a region per store").id;
+    control(&scene, reqwest::Method::POST, &format!("/tikv/regions/{lagging}/lag"), Some(json!({"millis": 1500}))).await;
+    let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
+    scene.apply(&scene.backup_yaml("prep", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
+    let backup = assert_completed(&scene, "prep", &before).await;
+    let events = events(&scene).await;
+    let kinds: Vec<String> = events.iter().map(|e| format!("{} {}", e["store"], e["event"].as_str().unwrap_or(""))).collect();
+    for store in &scene.cluster.tikv {
+        let mine: Vec<&Value> = events.iter().filter(|e| e["store"] == store.store_id).collect();
+        assert_eq!(mine.first().and_then(|e| e["event"].as_str()), Some("lease"), "store {}: {kinds:?}", store.store_id);
+        assert!(mine.iter().any(|e| e["event"] == "wait-apply-done" && e["error"].is_null()), "store {} applied: {kinds:?}", store.store_id);
+        assert_eq!(mine.iter().filter(|e| e["event"] == "finish").count(), 1, "finished once: {kinds:?}");
+    }
+    let lag_done = events.iter().find(|e| e["event"] == "wait-apply-done" && e["region"] == lagging).expect("the lagging region applied");
+    let lag_asked = events.iter().find(|e| e["event"] == "wait-apply" && e["region"] == lagging).expect("asked");
+    assert!(at(lag_done) >= at(lag_asked) + 1400, "the lagging region was waited for: {lag_asked} -> {lag_done}");
+    // The resolved ts is the commit ts; it was read after every region applied (TSO physical ms >> 18).
+    let commit_ts: u64 = backup.status.as_ref().and_then(|s| s.commit_ts.as_deref()).unwrap().parse().unwrap();
+    let last_applied = events.iter().filter(|e| e["event"] == "wait-apply-done").map(at).max().unwrap();
+    assert!(commit_ts >> 18 >= last_applied, "resolved ts {} ms after the last apply at {last_applied}", commit_ts >> 18);
+    // Released right after the CreateSnapshots calls.
+    let calls = scene.successful_create_snapshots().await;
+    assert!(!calls.is_empty());
+    let first_finish = events.iter().filter(|e| e["event"] == "finish").map(at).min().unwrap();
+    let condition = backup.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == ConditionType::VolumeBackupSnapshotsCreated).cloned();
+    let created_at = condition.and_then(|c| c.last_transition_time).map(|t| t.0.as_millisecond() as u64).unwrap();
+    assert!(first_finish <= created_at + 1000, "finished by the time the snapshots were recorded created ({first_finish} vs {created_at})");
+    assert!(events.iter().filter(|e| e["event"] == "finish").all(|e| e["valid"] == true), "each lease was still valid: {kinds:?}");
+    assert!(prepared_stores(&scene).await.is_empty());
+    operator.wait_for_metric("tidb_ebs_backup_tikv_wait_apply_seconds_count 1").await;
+    control(&scene, reqwest::Method::POST, &format!("/tikv/regions/{lagging}/lag"), Some(json!({"millis": 0}))).await;
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn splits_are_refused_while_prepared_and_the_lease_is_finished_on_deletion() {
+    let _stack = exclusive().await;
+    let scene = Scene::new("prepare-delete", 2, 1).await;
+    if !emulated(&scene) {
+        return eprintln!("skipped: the real pd-server's fake-tikv does not serve PrepareSnapshotBackup");
+    }
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    // Slow CreateSnapshots, so the backup is deleted while the stores are prepared.
+    scene.stack.emulator().add_fault(json!({"action": "CreateSnapshots", "delay_ms": 4000, "times": 2})).await;
+    let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
+    scene.apply(&scene.backup_yaml("held", json!({"cleanPolicy": "Delete", "s3": {"secretName": "keys"}}), json!({}))).await;
+    let region = regions(&scene).await.first().expect("a region").id;
+    eventually("the stores prepared", Duration::from_secs(30), || async { (prepared_stores(&scene).await.len() == 2).then_some(()) }).await;
+    let (status, answer) = control(&scene, reqwest::Method::POST, &format!("/tikv/regions/{region}/split"), None).await;
+    assert_eq!(status, 409, "a split is refused while prepared: {answer}");
+    scene.api().delete("held", &Default::default()).await.unwrap();
+    eventually("the lease finished", Duration::from_secs(20), || async { prepared_stores(&scene).await.is_empty().then_some(()) }).await;
+    let finishes = events(&scene).await.iter().filter(|e| e["event"] == "finish").count();
+    assert_eq!(finishes, 2, "Finish on deletion, not a lapse");
+    scene.wait_gone("held").await;
+    let (status, _) = control(&scene, reqwest::Method::POST, &format!("/tikv/regions/{region}/split"), None).await;
+    assert_eq!(status, 200, "splits are allowed again");
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn an_old_tikv_gets_pds_pause_only_and_a_region_that_never_applies_fails_within_the_limit() {
+    let _stack = exclusive().await;
+    let scene = Scene::new("prepare-old", 2, 1).await;
+    if !emulated(&scene) {
+        return eprintln!("skipped: the real pd-server's fake-tikv does not serve PrepareSnapshotBackup");
+    }
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let before = settled_pd_state(scene.stack).await;
+    let (old, other) = (scene.cluster.tikv[0].store_id, scene.cluster.tikv[1].store_id);
+    let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
+
+    // TiKV v7.1 without the service: as the BR of that version, PD's pause only, and a Warning says so.
+    control(&scene, reqwest::Method::POST, &format!("/tikv/stores/{old}/prepare"), Some(json!({"mode": "unimplemented", "version": "7.1.2"}))).await;
+    scene.apply(&scene.backup_yaml("old", json!({"s3": {"secretName": "keys"}}), json!({}))).await;
+    assert_completed(&scene, "old", &before).await;
+    let warnings = events_about(&scene, "old").await;
+    assert!(warnings.iter().any(|e| e.contains("TiKVPrepareUnsupported") && e.contains("7.1.2")), "{warnings:?}");
+    assert!(prepared_stores(&scene).await.is_empty(), "the other store was finished at once");
+
+    // A v8.5 store whose region never applies: Failed within the limit, nothing paused or prepared.
+    control(&scene, reqwest::Method::POST, &format!("/tikv/stores/{old}/prepare"), Some(json!({"mode": "normal", "version": "8.5.5"}))).await;
+    control(&scene, reqwest::Method::POST, &format!("/tikv/stores/{other}/prepare"), Some(json!({"mode": "never-apply"}))).await;
+    let started = std::time::Instant::now();
+    scene.apply(&scene.backup_yaml("stuck", json!({"cleanPolicy": "Delete", "s3": {"secretName": "keys"}}), json!({}))).await;
+    let failed = scene.wait_phase("stuck", &[ConditionType::Failed, ConditionType::Complete], Duration::from_secs(90)).await;
+    assert_eq!(failed.phase(), Some(&ConditionType::Failed));
+    let condition = failed.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == ConditionType::Failed).cloned().unwrap();
+    assert_eq!(condition.reason.as_deref(), Some("WaitApplyTimeout"), "{condition:?}");
+    assert!(started.elapsed() < Duration::from_secs(60), "within a third of the pause TTL");
+    crate::support::e2e::assert_pd_unchanged(&settled_pd_state(scene.stack).await, &before);
+    eventually("both stores finished", Duration::from_secs(10), || async { prepared_stores(&scene).await.is_empty().then_some(()) }).await;
+    control(&scene, reqwest::Method::POST, &format!("/tikv/stores/{other}/prepare"), Some(json!({"mode": "normal"}))).await;
+    operator.stop().await;
+}

@@ -107,6 +107,13 @@ async fn killed_at_every_crash_point_the_operator_leaves_pd_resumed_and_one_cons
         .await;
         let resumed_after = settle.elapsed();
         assert_pd_unchanged(&pd_state(scene.stack).await, &before);
+        // And no TiKV store is left prepared: finished, or its lease (one TTL) lapsed.
+        let stores: Vec<u64> = scene.cluster.tikv.iter().map(|s| s.store_id).collect();
+        eventually(&format!("{point}: TiKV released"), Duration::from_secs(TTL_SECONDS + 5), || async {
+            scene.stack.prepared_stores(&stores).await.is_empty().then_some(())
+        })
+        .await;
+        let released_after = settle.elapsed();
         let snapshots = scene.snapshots_tagged(&uid).await;
         let per_volume = per_volume(&snapshots);
         assert!(per_volume.values().all(|n| *n == 1), "{point}: at most one snapshot per volume: {per_volume:?}");
@@ -136,9 +143,10 @@ async fn killed_at_every_crash_point_the_operator_leaves_pd_resumed_and_one_cons
             assert_eq!(scene.snapshots_tagged(other).await.len(), *count, "{point}: an earlier backup's snapshots are untouched");
         }
         matrix.push(format!(
-            "{point:<26} -> {outcome:<22} ended {:>5.1}s after apply, PD clean {:>4.1}s after",
+            "{point:<26} -> {outcome:<22} ended {:>5.1}s after apply, PD clean {:>4.1}s after, TiKV released {:>4.1}s after",
             ended.as_secs_f64(),
-            resumed_after.as_secs_f64()
+            resumed_after.as_secs_f64(),
+            released_after.as_secs_f64()
         ));
         successor.start_kill().unwrap();
         let _ = successor.wait().await;

@@ -36,14 +36,8 @@ async fn events(scene: &Scene) -> Vec<Value> {
 }
 
 async fn prepared_stores(scene: &Scene) -> Vec<u64> {
-    let mut prepared = Vec::new();
-    for store in &scene.cluster.tikv {
-        let (_, state) = control(scene, reqwest::Method::GET, &format!("/tikv/stores/{}/prepare", store.store_id), None).await;
-        if state["prepared"].as_bool() == Some(true) {
-            prepared.push(store.store_id);
-        }
-    }
-    prepared
+    let ids: Vec<u64> = scene.cluster.tikv.iter().map(|s| s.store_id).collect();
+    scene.stack.prepared_stores(&ids).await
 }
 
 /// This scene's regions (led by its stores), from PD.

@@ -357,6 +357,21 @@ impl Stack {
         tidb_ebs_backup::pd::PdClient::new(tidb_ebs_backup::pd::PdEndpoint { url: self.pd_url.clone(), tls: None }).expect("PD client")
     }
 
+    /// The stores among `ids` that the PD emulator's TiKV side holds prepared for a snapshot backup now
+    /// (fake-tikv, beside a real pd-server, serves no prepare stream: none).
+    pub async fn prepared_stores(&self, ids: &[u64]) -> Vec<u64> {
+        let mut prepared = Vec::new();
+        for id in ids {
+            let url = format!("{}/tikv/stores/{id}/prepare", self.fake_tikv_control);
+            let Ok(response) = http().get(&url).send().await else { continue };
+            let state: serde_json::Value = response.json().await.unwrap_or_default();
+            if state["prepared"].as_bool() == Some(true) {
+                prepared.push(*id);
+            }
+        }
+        prepared
+    }
+
     /// Registers `stores` fake TiKV stores for `<namespace>/<name>` (idempotent per cluster and index).
     pub async fn register_tikv_stores(&self, namespace: &str, name: &str, stores: usize) -> Vec<FakeStore> {
         let url = format!("{}/clusters", self.fake_tikv_control);

@@ -91,7 +91,12 @@ impl tower_service::Service<Uri> for DialTo {
 
     fn call(&mut self, _: Uri) -> Self::Future {
         let address = self.0.clone();
-        Box::pin(async move { TcpStream::connect(address).await.map(TokioIo::new) })
+        Box::pin(async move {
+            let stream = TcpStream::connect(address).await?;
+            // Small gRPC frames must not wait for delayed ACKs (tonic sets this on its own connections).
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(stream))
+        })
     }
 }
 

@@ -71,6 +71,7 @@ pub async fn prepare(tikv: &dyn Tikv, pd: &dyn Pd, stores: &[StoreAddress], leas
         return Err(e);
     }
     let started = Instant::now();
+    tracing::debug!(stores = senders.len(), opened_ms = (deadline - limit).elapsed().as_millis() as u64, "TiKV prepare streams open");
     let regions = match wait_apply_all(pd, &senders, &mut events, deadline, limit).await {
         Ok(regions) => regions,
         Err(e) => {
@@ -79,6 +80,7 @@ pub async fn prepare(tikv: &dyn Tikv, pd: &dyn Pd, stores: &[StoreAddress], leas
         }
     };
     let wait_apply = started.elapsed();
+    tracing::info!(regions, wait_apply_ms = wait_apply.as_millis() as u64, "TiKV regions applied");
     let broken = Arc::new(Mutex::new(None));
     let (ended, ends) = tokio::sync::watch::channel(0usize);
     let watch = tokio::spawn(watch_streams(events, broken.clone(), ended));
@@ -111,9 +113,11 @@ async fn wait_apply_all(
                 None => leaderless.push(region.id),
             }
         }
-        if pending.is_empty() && leaderless.is_empty() && covers_keyspace(&regions) {
+        let complete_listing = leaderless.is_empty() && covers_keyspace(&regions);
+        if pending.is_empty() && complete_listing {
             return Ok(applied.len());
         }
+        let mut failed = !complete_listing;
         let mut inflight: HashMap<u64, (u64, u64)> = HashMap::new();
         for (store, list) in pending {
             for r in &list {
@@ -144,13 +148,20 @@ async fn wait_apply_all(
                     inflight.remove(&region.id);
                     match response.error {
                         None => _ = applied.insert(region.id, epoch),
-                        Some(error) => tracing::info!(store, region = region.id, error = %error.message, "a region must be waited on again"),
+                        Some(error) => {
+                            failed = true;
+                            tracing::info!(store, region = region.id, error = %error.message, "a region must be waited on again");
+                        }
                     }
                 }
                 Ok(EventType::UpdateLeaseResult) if !response.last_lease_is_valid => return Err(TikvError::LeaseLapsed { store }),
                 Ok(EventType::UpdateLeaseResult) => {}
                 Err(_) => return Err(TikvError::Stream { store, message: format!("unknown event type {}", response.ty) }),
             }
+        }
+        if !failed {
+            // Every region of a listing without holes has applied.
+            return Ok(applied.len());
         }
         if Instant::now() + RETRY_BACKOFF >= deadline {
             let pending = format!("regions that kept failing or a hole in the keyspace ({} regions listed)", regions.len());
@@ -195,7 +206,10 @@ impl Prepared {
         }
         let all = self.stores.len();
         let mut ends = self.ends.clone();
-        if tokio::time::timeout(FINISH_TIMEOUT, ends.wait_for(|n| *n >= all)).await.is_err() {
+        let finishing = Instant::now();
+        let ended = tokio::time::timeout(FINISH_TIMEOUT, ends.wait_for(|n| *n >= all)).await;
+        tracing::info!(ms = finishing.elapsed().as_millis() as u64, "TiKV prepare finished");
+        if ended.is_err() {
             tracing::warn!("not every TiKV store closed its prepare stream after Finish; their leases lapse on their own");
         }
     }

@@ -53,6 +53,7 @@ impl ResumeError {
 /// The resume step, after every snapshot has started.
 pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
     let resumed = resume_pd(cx).await;
+    tracing::info!(ok = resumed.is_ok(), "PD resumed");
     crate::crash_point!("resume.after-undo");
     let elapsed = cx.journal.record.pause.as_ref().map_or(0, |p| unix_now() - p.paused_at);
     cx.ctx.metrics.pause_window(elapsed as f64);

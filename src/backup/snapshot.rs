@@ -74,6 +74,7 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
     guard.check(Duration::ZERO).and_then(|()| leading(&cx.ctx.fence)).map_err(|why| {
         Failure::new(Reason::PauseLapsed, format!("{why} while CreateSnapshots calls were in flight; the snapshots are not consistent"))
     })?;
+    tracing::info!("every CreateSnapshots call returned");
     if let Some(Err(why)) = cx.ctx.prepared.check(&cx.journal.uid()) {
         return Err(Failure::new(
             Reason::TiKVLeaseLapsed,

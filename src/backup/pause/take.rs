@@ -75,7 +75,9 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
     crate::crash_point!("pause.after-apply");
     // The keeper starts only after the resolved ts is known, so the wait must end well within the TTL.
     let quiet_wait = cx.ctx.settings.quiet_wait.min(Duration::from_secs(ttl / 3));
+    let applied_ms = applied_at.elapsed().as_millis() as u64;
     wait_until_quiet(pd.as_ref(), quiet_wait).await?;
+    let quiet_ms = applied_at.elapsed().as_millis() as u64;
     // Before the resolved ts, as BR: no region splits, merges or lags behind its log from here on.
     let wait_apply_limit = cx.ctx.settings.wait_apply_limit.min(Duration::from_secs(ttl / 3));
     let (prepared, prepare_record) = match prepare_plan_stores(cx, &pd, &stores, wait_apply_limit).await? {
@@ -89,6 +91,7 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
     };
     let prepared = PreparedUntilHeld { uid: cx.journal.uid(), prepared };
     crate::crash_point!("pause.after-prepare");
+    let prepared_ms = applied_at.elapsed().as_millis() as u64;
     let resolved_ts = match pd.min_resolved_ts().await.map_err(|e| Failure::doing("reading min resolved ts", &e))? {
         ts if ts.is_real_time && ts.ts > 0 && ts.ts != u64::MAX => ts.ts,
         ts => return Err(Failure::new(Reason::MinResolvedTsNotEnabled, format!("PD's min resolved ts is not usable ({ts:?})")).into()),
@@ -128,6 +131,8 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
         })
         .await?;
     crate::crash_point!("pause.after-save");
+    // Where the window's time went so far, counted from the first pause call (the calls and the resume follow).
+    tracing::info!(applied_ms, quiet_ms, prepared_ms, saved_ms = applied_at.elapsed().as_millis() as u64, "paused");
     let guard = ensure_keeper(cx, pd, Some(applied_at));
     prepared.hold(&cx.ctx.prepared, guard);
     Ok(Outcome::Continue)

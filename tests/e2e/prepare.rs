@@ -2,7 +2,8 @@
 //! store leased and every region waited on before the resolved ts, a lagging region waited for, the lease
 //! finished right after the CreateSnapshots calls and on failure and deletion, splits refused while
 //! prepared; an old TiKV gets PD's pause only with a Warning; a region that never applies fails the backup
-//! within the limit with nothing paused or prepared.
+//! within the limit with nothing paused or prepared; a store whose stream breaks fails the backup and is left to
+//! its lease.
 
 use std::time::Duration;
 
@@ -171,5 +172,42 @@ async fn an_old_tikv_gets_pds_pause_only_and_a_region_that_never_applies_fails_w
     crate::support::e2e::assert_pd_unchanged(&settled_pd_state(scene.stack).await, &before);
     eventually("both stores finished", Duration::from_secs(10), || async { prepared_stores(&scene).await.is_empty().then_some(()) }).await;
     control(&scene, reqwest::Method::POST, &format!("/tikv/stores/{other}/prepare"), Some(json!({"mode": "normal"}))).await;
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn a_store_that_drops_its_stream_fails_the_backup_and_its_lease_lapses_on_its_own() {
+    let _stack = exclusive().await;
+    let scene = Scene::new("prepare-drop", 2, 1).await;
+    if !emulated(&scene) {
+        return eprintln!("skipped: the real pd-server's fake-tikv does not serve PrepareSnapshotBackup");
+    }
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let before = settled_pd_state(scene.stack).await;
+    let (dropped, other) = (scene.cluster.tikv[0].store_id, scene.cluster.tikv[1].store_id);
+    // The store answers the lease, then its stream breaks: it stays prepared until the lease (one TTL) lapses.
+    control(&scene, reqwest::Method::POST, &format!("/tikv/stores/{dropped}/prepare"), Some(json!({"mode": "drop"}))).await;
+    let ttl = Duration::from_secs(6);
+    let operator =
+        Operator::start(scene.stack, &scene.namespace, tidb_ebs_backup::backup::Settings { pause_ttl: ttl, ..settings(scene.stack) }).await;
+    scene.apply(&scene.backup_yaml("dropped", json!({"cleanPolicy": "Delete", "s3": {"secretName": "keys"}}), json!({}))).await;
+    let failed = scene.wait_phase("dropped", &[ConditionType::Failed, ConditionType::Complete], Duration::from_secs(60)).await;
+    let condition = failed.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == ConditionType::Failed).cloned().expect("Failed");
+    assert_eq!(condition.reason.as_deref(), Some("TiKVPrepareFailed"), "{condition:?}");
+    assert!(condition.message.as_deref().unwrap_or("").contains(&format!("store {dropped}")), "{condition:?}");
+    assert!(scene.snapshots_tagged(failed.metadata.uid.as_deref().unwrap()).await.is_empty(), "no snapshot of a cluster not fully prepared");
+    crate::support::e2e::assert_pd_unchanged(&settled_pd_state(scene.stack).await, &before);
+    let ids = [dropped, other];
+    eventually("the other store finished", Duration::from_secs(5), || async {
+        (!scene.stack.prepared_stores(&ids).await.contains(&other)).then_some(())
+    })
+    .await;
+    eventually("the dropped store's lease lapsed", ttl + Duration::from_secs(5), || async {
+        scene.stack.prepared_stores(&ids).await.is_empty().then_some(())
+    })
+    .await;
+    let lapsed = events(&scene).await.iter().any(|e| e["store"] == dropped && e["event"] == "lapsed");
+    assert!(lapsed, "the emulator saw the lease lapse, not a Finish");
+    control(&scene, reqwest::Method::POST, &format!("/tikv/stores/{dropped}/prepare"), Some(json!({"mode": "normal"}))).await;
     operator.stop().await;
 }

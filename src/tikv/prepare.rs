@@ -32,7 +32,10 @@ pub struct StoreAddress {
 pub struct Prepared {
     stores: Vec<(u64, mpsc::Sender<PrepareRequest>)>,
     broken: Arc<Mutex<Option<String>>>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Reads every store's answers after the wait (see `watch_streams`).
+    watch: JoinHandle<()>,
+    /// Renews the leases (see `renew_leases`).
+    renew: JoinHandle<()>,
     wanted: Wanted,
     /// How many streams have ended.
     ends: tokio::sync::watch::Receiver<usize>,
@@ -86,7 +89,7 @@ pub async fn prepare(tikv: &dyn Tikv, pd: &dyn Pd, stores: &[StoreAddress], leas
     let watch = tokio::spawn(watch_streams(events, broken.clone(), ended));
     let wanted: Wanted = Arc::new(Mutex::new(None));
     let renew = tokio::spawn(renew_leases(senders.clone(), lease, broken.clone(), wanted.clone()));
-    Ok(Prepared { stores: senders, broken, tasks: vec![watch, renew], ends, wanted, wait_apply, regions })
+    Ok(Prepared { stores: senders, broken, watch, renew, ends, wanted, wait_apply, regions })
 }
 
 /// WaitApply for every region at its leader, again for those that fail, until all have applied and
@@ -174,7 +177,7 @@ async fn wait_apply_all(
 /// A prepare given up half-way: every opened store is told Finish at once rather than left to lapse.
 async fn abandon(senders: Vec<(u64, mpsc::Sender<PrepareRequest>)>, mut events: Events) {
     for (_, sender) in &senders {
-        let _ = sender.send(PrepareRequest { ty: RequestType::Finish as i32, regions: vec![], lease_in_seconds: 0 }).await;
+        let _ = sender.send(finish_request()).await;
     }
     let _ = tokio::time::timeout(FINISH_TIMEOUT, async { while events.next().await.is_some() {} }).await;
 }
@@ -196,11 +199,10 @@ impl Prepared {
     /// Ends the prepared state on every store at once: Finish, then the streams' end (bounded; a store
     /// that does not answer leaves it when its lease lapses).
     pub async fn finish(self) {
-        self.tasks[1].abort();
+        self.renew.abort();
         *self.broken.lock().expect("prepare state") = Some("finished".into());
         for (store, sender) in &self.stores {
-            let finish = PrepareRequest { ty: RequestType::Finish as i32, regions: vec![], lease_in_seconds: 0 };
-            if sender.send(finish).await.is_err() {
+            if sender.send(finish_request()).await.is_err() {
                 tracing::info!(store, "the prepare stream was already closed; its lease lapses on its own");
             }
         }
@@ -218,9 +220,8 @@ impl Prepared {
 impl Drop for Prepared {
     /// Dropped without `finish`: the streams close and each store's lease lapses on its own.
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.watch.abort();
+        self.renew.abort();
     }
 }
 
@@ -230,8 +231,11 @@ async fn open_with_lease(
     lease_seconds: u64,
 ) -> Result<(mpsc::Sender<PrepareRequest>, futures::stream::BoxStream<'static, Result<PrepareResponse, tonic::Status>>), TikvError> {
     let mut stream = tikv.open(store.id, &store.address).await?;
-    let lease = PrepareRequest { ty: RequestType::UpdateLease as i32, regions: vec![], lease_in_seconds: lease_seconds };
-    stream.requests.send(lease).await.map_err(|_| TikvError::Stream { store: store.id, message: "the stream closed".into() })?;
+    stream
+        .requests
+        .send(lease_request(lease_seconds))
+        .await
+        .map_err(|_| TikvError::Stream { store: store.id, message: "the stream closed".into() })?;
     // The first answer is the lease's (whether an earlier lease was valid is not asked, as in BR).
     match tokio::time::timeout(Duration::from_secs(10), stream.responses.next()).await {
         Err(_) => Err(TikvError::Stream { store: store.id, message: "no answer to the lease within 10s".into() }),
@@ -282,7 +286,7 @@ async fn renew_leases(stores: Vec<(u64, mpsc::Sender<PrepareRequest>)>, lease: D
                 }
             }
             for (_, sender) in &stores {
-                let _ = sender.send(PrepareRequest { ty: RequestType::Finish as i32, regions: vec![], lease_in_seconds: 0 }).await;
+                let _ = sender.send(finish_request()).await;
             }
             return;
         }
@@ -291,8 +295,7 @@ async fn renew_leases(stores: Vec<(u64, mpsc::Sender<PrepareRequest>)>, lease: D
         }
         renewed = Instant::now();
         for (store, sender) in &stores {
-            let renew = PrepareRequest { ty: RequestType::UpdateLease as i32, regions: vec![], lease_in_seconds: lease.as_secs().max(1) };
-            if sender.send(renew).await.is_err() {
+            if sender.send(lease_request(lease.as_secs().max(1))).await.is_err() {
                 let mut broken = broken.lock().expect("prepare state");
                 if broken.is_none() {
                     *broken = Some(format!("the lease of TiKV store {store} could not be renewed"));
@@ -300,6 +303,14 @@ async fn renew_leases(stores: Vec<(u64, mpsc::Sender<PrepareRequest>)>, lease: D
             }
         }
     }
+}
+
+fn lease_request(seconds: u64) -> PrepareRequest {
+    PrepareRequest { ty: RequestType::UpdateLease as i32, regions: vec![], lease_in_seconds: seconds }
+}
+
+fn finish_request() -> PrepareRequest {
+    PrepareRequest { ty: RequestType::Finish as i32, regions: vec![], lease_in_seconds: 0 }
 }
 
 fn stream_error(store: u64, status: tonic::Status) -> TikvError {

@@ -53,10 +53,17 @@ fn at(event: &Value) -> u64 {
     event["at_ms"].as_u64().unwrap_or(0)
 }
 
-/// fake-tikv (next to a real pd-server) does not serve the prepare stream; the PD emulator does.
-fn emulated(_scene: &Scene) -> bool {
+/// A scene with the backup's access-key Secret; `None` (the test is skipped) beside a real pd-server,
+/// whose fake-tikv does not serve the prepare stream (the PD emulator does).
+async fn scene(prefix: &str, stores: usize) -> Option<Scene> {
     let env = std::env::var("HARNESS_ENV").ok().and_then(|path| std::fs::read_to_string(path).ok()).unwrap_or_default();
-    env.lines().any(|line| line.trim() == "PD_IMPL=emulator")
+    if !env.lines().any(|line| line.trim() == "PD_IMPL=emulator") {
+        eprintln!("skipped: the real pd-server's fake-tikv does not serve PrepareSnapshotBackup");
+        return None;
+    }
+    let scene = Scene::new(prefix, stores, 1).await;
+    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    Some(scene)
 }
 
 async fn events_about(scene: &Scene, name: &str) -> Vec<String> {
@@ -73,11 +80,7 @@ async fn events_about(scene: &Scene, name: &str) -> Vec<String> {
 #[tokio::test]
 async fn every_store_is_prepared_before_the_resolved_ts_and_a_lagging_region_is_waited_for() {
     let _stack = exclusive().await;
-    let scene = Scene::new("prepare", 3, 1).await;
-    if !emulated(&scene) {
-        return eprintln!("skipped: the real pd-server's fake-tikv does not serve PrepareSnapshotBackup");
-    }
-    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let Some(scene) = scene("prepare", 3).await else { return };
     let before = settled_pd_state(scene.stack).await;
     let lagging = regions(&scene).await.first().expect("a region per store").id;
     control(&scene, reqwest::Method::POST, &format!("/tikv/regions/{lagging}/lag"), Some(json!({"millis": 1500}))).await;
@@ -116,11 +119,7 @@ async fn every_store_is_prepared_before_the_resolved_ts_and_a_lagging_region_is_
 #[tokio::test]
 async fn splits_are_refused_while_prepared_and_the_lease_is_finished_on_deletion() {
     let _stack = exclusive().await;
-    let scene = Scene::new("prepare-delete", 2, 1).await;
-    if !emulated(&scene) {
-        return eprintln!("skipped: the real pd-server's fake-tikv does not serve PrepareSnapshotBackup");
-    }
-    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let Some(scene) = scene("prepare-delete", 2).await else { return };
     // Slow CreateSnapshots, so the backup is deleted while the stores are prepared.
     scene.stack.emulator().add_fault(json!({"action": "CreateSnapshots", "delay_ms": 4000, "times": 2})).await;
     let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
@@ -142,11 +141,7 @@ async fn splits_are_refused_while_prepared_and_the_lease_is_finished_on_deletion
 #[tokio::test]
 async fn an_old_tikv_gets_pds_pause_only_and_a_region_that_never_applies_fails_within_the_limit() {
     let _stack = exclusive().await;
-    let scene = Scene::new("prepare-old", 2, 1).await;
-    if !emulated(&scene) {
-        return eprintln!("skipped: the real pd-server's fake-tikv does not serve PrepareSnapshotBackup");
-    }
-    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let Some(scene) = scene("prepare-old", 2).await else { return };
     let before = settled_pd_state(scene.stack).await;
     let (old, other) = (scene.cluster.tikv[0].store_id, scene.cluster.tikv[1].store_id);
     let operator = Operator::start(scene.stack, &scene.namespace, settings(scene.stack)).await;
@@ -178,11 +173,7 @@ async fn an_old_tikv_gets_pds_pause_only_and_a_region_that_never_applies_fails_w
 #[tokio::test]
 async fn a_store_that_drops_its_stream_fails_the_backup_and_its_lease_lapses_on_its_own() {
     let _stack = exclusive().await;
-    let scene = Scene::new("prepare-drop", 2, 1).await;
-    if !emulated(&scene) {
-        return eprintln!("skipped: the real pd-server's fake-tikv does not serve PrepareSnapshotBackup");
-    }
-    scene.access_key_secret("keys", json!({"access_key": "a", "secret_key": "b"})).await;
+    let Some(scene) = scene("prepare-drop", 2).await else { return };
     let before = settled_pd_state(scene.stack).await;
     let (dropped, other) = (scene.cluster.tikv[0].store_id, scene.cluster.tikv[1].store_id);
     // The store answers the lease, then its stream breaks: it stays prepared until the lease (one TTL) lapses.

@@ -39,12 +39,7 @@ impl Operator {
 
     /// An operator whose Kubernetes identity is `client`'s (e.g. a ServiceAccount token).
     pub async fn start_as(stack: &Stack, client: kube::Client, namespace: &str, settings: Settings, selector: Option<&str>) -> Operator {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-            .with_test_writer()
-            .try_init();
-        let connectors =
-            Arc::new(RealConnectors::new(AwsSettings { base: stack.aws_config().await }).with_tikv_dial_address(Some(stack.tikv_dial_address())));
+        let connectors = in_process_connectors(stack).await;
         let metrics = Arc::new(Metrics::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(backup::run(
@@ -74,12 +69,7 @@ impl Operator {
         settings: Settings,
         selector: Option<&str>,
     ) -> Operator {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-            .with_test_writer()
-            .try_init();
-        let connectors =
-            Arc::new(RealConnectors::new(AwsSettings { base: stack.aws_config().await }).with_tikv_dial_address(Some(stack.tikv_dial_address())));
+        let connectors = in_process_connectors(stack).await;
         let metrics = Arc::new(Metrics::default());
         let fence = Arc::new(tidb_ebs_backup::k8s::lease::Fence::unfenced());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -124,6 +114,16 @@ impl Operator {
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
     }
+}
+
+/// Logging for an in-process operator (once per test process), and its connectors: the stack's AWS
+/// emulator, and its TiKV stores reached through the PD emulator.
+async fn in_process_connectors(stack: &Stack) -> Arc<RealConnectors> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    Arc::new(RealConnectors::new(AwsSettings { base: stack.aws_config().await }).with_tikv_dial_address(Some(stack.tikv_dial_address())))
 }
 
 /// The operator binary as a Deployment would run it: `kubeconfig`'s identity, the stack's AWS endpoint and

@@ -25,6 +25,8 @@ pub struct Journal {
     /// With the spec the backup started with (see `BackupRecord::spec`).
     pub backup: Backup,
     pub record: BackupRecord,
+    /// A phase Event that waits for the next write (see `save_deferring_event`).
+    deferred_event: Option<PhaseEvent>,
 }
 
 /// The spec recorded when the backup started replaces the live one, except `cleanPolicy` and `cleanOption`.
@@ -48,7 +50,7 @@ impl Journal {
         }
         pin_spec(&mut backup, &record);
         let events = Publisher::new(ctx.recorder.clone(), &backup);
-        Ok(Self { api, writer: ctx.writer.clone(), metrics: ctx.metrics.clone(), events, backup, record })
+        Ok(Self { api, writer: ctx.writer.clone(), metrics: ctx.metrics.clone(), events, backup, record, deferred_event: None })
     }
 
     pub fn api(&self) -> &Api<Backup> {
@@ -71,7 +73,17 @@ impl Journal {
 
     /// Writes status and the record together; publishes an Event when the phase changes. `change` is
     /// applied to the record as stored (a conflict retry runs it again on the newer one).
-    pub async fn save(&mut self, mut change: impl FnMut(&mut BackupStatus, &mut BackupRecord, &Time)) -> Result<()> {
+    pub async fn save(&mut self, change: impl FnMut(&mut BackupStatus, &mut BackupRecord, &Time)) -> Result<()> {
+        self.write(change, false).await
+    }
+
+    /// As `save`, but a phase change's Event is published with the next write instead of now: inside the
+    /// pause window nothing waits on a Kubernetes call that crash safety does not need.
+    pub async fn save_deferring_event(&mut self, change: impl FnMut(&mut BackupStatus, &mut BackupRecord, &Time)) -> Result<()> {
+        self.write(change, true).await
+    }
+
+    async fn write(&mut self, mut change: impl FnMut(&mut BackupStatus, &mut BackupRecord, &Time), defer_event: bool) -> Result<()> {
         let now = now_time();
         let before = self.backup.phase().cloned();
         let base_record = self.record.clone();
@@ -90,23 +102,33 @@ impl Journal {
             })
             .await?;
         self.adopt_stored(stored, applied);
+        if let Some(event) = self.deferred_event.take() {
+            event.publish(&self.events).await;
+        }
         let after = self.backup.phase().cloned();
         if after != before
             && let Some(phase) = after
         {
-            self.publish_phase(&phase).await;
             self.metrics.phase_entered(&phase);
+            let event = self.phase_event(&phase);
+            if defer_event {
+                self.deferred_event = Some(event);
+            } else {
+                event.publish(&self.events).await;
+            }
         }
         Ok(())
     }
 
-    async fn publish_phase(&self, phase: &ConditionType) {
+    fn phase_event(&self, phase: &ConditionType) -> PhaseEvent {
         let status = self.backup.status.clone().unwrap_or_default();
         let condition = status.conditions.iter().find(|c| &c.type_ == phase);
-        let warning = matches!(phase, ConditionType::Failed | ConditionType::Invalid | ConditionType::CleanFailed);
-        let reason = condition.and_then(|c| c.reason.clone()).unwrap_or_else(|| format!("{phase:?}"));
-        let note = condition.and_then(|c| c.message.clone()).unwrap_or_else(|| format!("Backup is {phase:?}"));
-        self.events.publish_raw(warning, &reason, &note, &format!("{phase:?}")).await;
+        PhaseEvent {
+            warning: matches!(phase, ConditionType::Failed | ConditionType::Invalid | ConditionType::CleanFailed),
+            reason: condition.and_then(|c| c.reason.clone()).unwrap_or_else(|| format!("{phase:?}")),
+            note: condition.and_then(|c| c.message.clone()).unwrap_or_else(|| format!("Backup is {phase:?}")),
+            action: format!("{phase:?}"),
+        }
     }
 
     pub async fn condition(&mut self, condition: NewCondition) -> Result<()> {
@@ -148,5 +170,19 @@ impl Journal {
         let record = self.record.clone();
         self.adopt_stored(stored, record);
         Ok(())
+    }
+}
+
+/// The Event of a phase entered, as it read when the phase was written.
+struct PhaseEvent {
+    warning: bool,
+    reason: String,
+    note: String,
+    action: String,
+}
+
+impl PhaseEvent {
+    async fn publish(self, events: &Publisher) {
+        events.publish_raw(self.warning, &self.reason, &self.note, &self.action).await;
     }
 }

@@ -4,26 +4,46 @@
 use std::time::Duration;
 
 use super::clock::unix_now;
+use super::context::Context;
+use super::record::PauseRecord;
 use super::step::{BackupRun, Outcome, StepResult};
+use crate::pd::Pd;
 use crate::reason::Reason;
 
 /// Undoes the pause, if any. Quick retries first: a PD blip must not leave the pause to its TTL.
 pub async fn resume_pd(cx: &mut BackupRun<'_>) -> Result<(), ResumeError> {
     let Some(pause) = cx.journal.record.pause.clone() else { return Ok(()) };
-    cx.ctx.keepers.stop(&cx.journal.uid());
-    cx.ctx.prepared.finish(&cx.journal.uid()).await;
-    let pd = cx.clients.plan_pd(cx.journal.record.plan.as_ref()).await.map_err(|f| ResumeError::new(&pause, f.message))?;
-    let mut last = Ok(());
-    for attempt in 0..3 {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+    let uid = cx.journal.uid();
+    let pd = match cx.clients.plan_pd(cx.journal.record.plan.as_ref()).await {
+        Ok(pd) => pd,
+        Err(f) => {
+            cx.ctx.keepers.stop(&uid);
+            cx.ctx.prepared.finish(&uid).await;
+            return Err(ResumeError::new(&pause, f.message));
         }
-        last = super::pause::apply::undo_pause(pd.as_ref(), &pause).await;
-        if last.is_ok() {
-            break;
+    };
+    resume_with(cx.ctx, pd.as_ref(), &uid, &pause).await
+}
+
+/// Stops the keeper, finishes TiKV's prepare and puts PD back as it was, with a PD client at hand.
+/// The two are independent, so they go together.
+pub async fn resume_with(ctx: &Context, pd: &dyn Pd, uid: &str, pause: &PauseRecord) -> Result<(), ResumeError> {
+    ctx.keepers.stop(uid);
+    let undo = async {
+        let mut last = Ok(());
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            last = super::pause::apply::undo_pause(pd, pause).await;
+            if last.is_ok() {
+                break;
+            }
         }
-    }
-    last.map_err(|e| ResumeError::new(&pause, e.to_string()))
+        last.map_err(|e| ResumeError::new(pause, e.to_string()))
+    };
+    let ((), undone) = tokio::join!(ctx.prepared.finish(uid), undo);
+    undone
 }
 
 /// Undoes the pause and records it; a PD that cannot be told is the inner error (the pause then lapses
@@ -45,14 +65,17 @@ pub struct ResumeError {
 }
 
 impl ResumeError {
-    fn new(pause: &super::record::PauseRecord, message: String) -> Self {
+    fn new(pause: &PauseRecord, message: String) -> Self {
         Self { ttl_seconds: pause.ttl_seconds, message }
     }
 }
 
-/// The resume step, after every snapshot has started.
+/// The resume step, after every snapshot has started (PD may already be resumed by the snapshot step).
 pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
-    let resumed = resume_pd(cx).await;
+    let resumed = match cx.window.resumed.take() {
+        Some(resumed) => resumed,
+        None => resume_pd(cx).await,
+    };
     tracing::info!(ok = resumed.is_ok(), "PD resumed");
     crate::crash_point!("resume.after-undo");
     let elapsed = cx.journal.record.pause.as_ref().map_or(0, |p| unix_now() - p.paused_at);

@@ -11,7 +11,7 @@ use super::context::AwsClients;
 use super::meta::{self, TAG_BACKUP_UID};
 use super::pause::guard::PauseGuard;
 use super::pause::take::{ensure_keeper, pause_margin};
-use super::record::{Failure, InstancePlan};
+use super::record::{BackupRecord, Failure, InstancePlan};
 use super::step::{BackupRun, Outcome, StepResult};
 use crate::api::ConditionType;
 use crate::api::condition::{NewCondition, set_condition};
@@ -46,15 +46,20 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
     ensure_prepared(cx, &pd, &pause).await?;
     let aws = cx.clients.aws(&cx.journal.backup).await?;
     let deadline = Instant::now() + Duration::from_secs((pause.paused_at + max_window - unix_now()).max(1) as u64);
-    wait_for_earlier_calls(cx).await;
+    // A round this pass recorded with the resolved ts has no calls in flight and no snapshots to find yet.
+    let mut recorded_round = cx.window.recorded_round.take();
+    if recorded_round.is_none() {
+        wait_for_earlier_calls(cx).await;
+    }
     let mut round = 0;
-    loop {
+    let created = loop {
         round += 1;
-        if !cx.journal.record.snapshot_requests.is_empty() {
+        if recorded_round.is_none() && !cx.journal.record.snapshot_requests.is_empty() {
             adopt_snapshots_by_tag(cx, &aws).await?;
         }
-        let errors = send_create_snapshots(cx, &aws, &guard, deadline).await?;
-        let Some((instance, e)) = errors.into_iter().next() else { break };
+        let (created, errors) = send_create_snapshots(cx, &aws, &guard, deadline, recorded_round.take()).await?;
+        let Some((instance, e)) = errors.into_iter().next() else { break created };
+        record_created(&mut cx.journal, created).await?;
         let unclear = matches!(&e, CallError::Aws(e) if e.is_ambiguous());
         if unclear && round < ROUNDS && guard.check(margin).is_ok() && Instant::now() < deadline {
             // The call may have worked: the next round first looks for its snapshots by tag.
@@ -69,20 +74,82 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
         };
         // A timeout may hide a snapshot AWS did create: the failure step finds those by tag.
         return Err(Failure::new(reason, format!("snapshotting instance {instance}: {e}")).into());
+    };
+    // Every call has returned: the set is consistent only if the pause (and TiKV's lease) held until now.
+    let held = guard.check(Duration::ZERO).and_then(|()| leading(&cx.ctx.fence)).map_err(|why| (Reason::PauseLapsed, why)).and_then(|()| {
+        match cx.ctx.prepared.check(&cx.journal.uid()) {
+            Some(Err(why)) => Err((Reason::TiKVLeaseLapsed, why)),
+            _ => Ok(()),
+        }
+    });
+    if let Err((reason, why)) = held {
+        record_created(&mut cx.journal, created).await?;
+        return Err(Failure::new(reason, format!("{why} while CreateSnapshots calls were in flight; the snapshots are not consistent")).into());
     }
-    // Every call has returned: the set is consistent only if the pause held until now.
-    guard.check(Duration::ZERO).and_then(|()| leading(&cx.ctx.fence)).map_err(|why| {
-        Failure::new(Reason::PauseLapsed, format!("{why} while CreateSnapshots calls were in flight; the snapshots are not consistent"))
-    })?;
     tracing::info!("every CreateSnapshots call returned");
-    if let Some(Err(why)) = cx.ctx.prepared.check(&cx.journal.uid()) {
-        return Err(Failure::new(
-            Reason::TiKVLeaseLapsed,
-            format!("{why} while CreateSnapshots calls were in flight; the snapshots are not consistent"),
-        )
-        .into());
-    }
+    // The set is complete and consistent: PD is resumed while its ids are recorded. Should this process
+    // die before the record lands, the next one finds the snapshots by tag (under a short re-pause).
+    let uid = cx.journal.uid();
+    let ctx = cx.ctx;
+    let (saved, resumed) = tokio::join!(record_created(&mut cx.journal, created), super::resume::resume_with(ctx, pd.as_ref(), &uid, &pause));
+    cx.window.resumed = Some(resumed);
+    saved?;
     Ok(Outcome::Continue)
+}
+
+/// The snapshot ids a round returned, written to the record.
+async fn record_created(journal: &mut super::journal::Journal, created: Vec<CreatedSnapshot>) -> super::error::Result<()> {
+    if created.is_empty() {
+        return Ok(());
+    }
+    let total = journal.record.plan.iter().flat_map(|p| &p.instances).map(|i| i.volume_ids.len()).sum::<usize>().max(1);
+    journal
+        .save(|status, record, now| {
+            for c in &created {
+                record.snapshots.insert(c.volume_id.clone(), c.snapshot_id.clone());
+            }
+            let message = format!("{} of {total} snapshots started", record.snapshots.len());
+            set_condition(status, NewCondition::truthy(ConditionType::VolumeBackupInitialized).because(Reason::Snapshotting, message), now);
+        })
+        .await?;
+    crate::crash_point!("snapshot.after-save");
+    Ok(())
+}
+
+/// A round of CreateSnapshots calls, as recorded before any of its calls goes out.
+pub struct RoundPlan {
+    instances: Vec<String>,
+    sent_at: i64,
+    sent_by: i64,
+}
+
+impl RoundPlan {
+    /// The next round: every instance still without snapshots, and by when its calls (paced by the token
+    /// bucket) are all sent, never after the pause window's end (`window_end`, unix seconds).
+    pub fn next(cx: &BackupRun<'_>, window_end: i64) -> Option<RoundPlan> {
+        let instances: Vec<String> = cx.journal.record.instances_without_snapshots().iter().map(|i| i.instance_id.clone()).collect();
+        if instances.is_empty() {
+            return None;
+        }
+        let sent_at = unix_now();
+        let pacing = cx.ctx.create_snapshots_bucket.time_for(instances.len()) + cx.ctx.settings.throttle_backoff_max;
+        let sent_by = (sent_at + pacing.as_secs() as i64 + 1).min(window_end);
+        Some(RoundPlan { instances, sent_at, sent_by })
+    }
+
+    pub fn instances(&self) -> &[String] {
+        &self.instances
+    }
+
+    pub fn record(&self, record: &mut BackupRecord) {
+        for instance in &self.instances {
+            if !record.snapshot_requests.contains(instance) {
+                record.snapshot_requests.push(instance.clone());
+            }
+        }
+        record.snapshots_requested_at = Some(self.sent_at);
+        record.snapshots_sent_by = Some(self.sent_by);
+    }
 }
 
 /// TiKV's stores are prepared before any call goes out: the pause step's prepare if it still holds, or
@@ -199,37 +266,30 @@ impl Round {
 }
 
 /// One round of CreateSnapshots for every instance still without snapshots, all at once as far as the
-/// token bucket (and `snapshot_concurrency`, if set) allows. The round is recorded before any call and
-/// its results once every call has returned: the calls run while PD is paused, and a result lost to a
-/// crash is found by tag. The errors are returned.
+/// token bucket (and `snapshot_concurrency`, if set) allows. The round is recorded before any call (unless
+/// `recorded`, this pass's own record of it, says it already is); the snapshots created and the errors
+/// are returned once every call has returned, for the caller to record: the calls run while PD is paused,
+/// and a result lost to a crash is found by tag.
 async fn send_create_snapshots(
     cx: &mut BackupRun<'_>,
     aws: &AwsClients,
     guard: &Arc<PauseGuard>,
     deadline: Instant,
-) -> super::error::Result<Vec<(String, CallError)>> {
+    recorded: Option<Vec<String>>,
+) -> super::error::Result<(Vec<CreatedSnapshot>, Vec<(String, CallError)>)> {
     let pending: Vec<InstancePlan> = cx.journal.record.instances_without_snapshots().into_iter().cloned().collect();
     if pending.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let settings = &cx.ctx.settings;
-    let bucket = cx.ctx.create_snapshots_bucket.clone();
     let requested: Vec<String> = pending.iter().map(|i| i.instance_id.clone()).collect();
-    let sent_at = unix_now();
-    let pacing = bucket.time_for(pending.len()) + settings.throttle_backoff_max;
-    let window_end = sent_at + deadline.saturating_duration_since(Instant::now()).as_secs() as i64;
-    let sent_by = (sent_at + pacing.as_secs() as i64 + 1).min(window_end);
-    cx.journal
-        .save(|_, record, _| {
-            for instance in &requested {
-                if !record.snapshot_requests.contains(instance) {
-                    record.snapshot_requests.push(instance.clone());
-                }
-            }
-            record.snapshots_requested_at = Some(sent_at);
-            record.snapshots_sent_by = Some(sent_by);
-        })
-        .await?;
+    let window_end = unix_now() + deadline.saturating_duration_since(Instant::now()).as_secs() as i64;
+    if recorded.as_ref() != Some(&requested) || cx.journal.record.snapshots_sent_by.is_none() {
+        let plan = RoundPlan::next(cx, window_end).expect("instances without snapshots");
+        cx.journal.save(|_, record, _| plan.record(record)).await?;
+    }
+    let sent_by = cx.journal.record.snapshots_sent_by.expect("the round is recorded");
+    let bucket = cx.ctx.create_snapshots_bucket.clone();
     crate::crash_point!("snapshot.after-requests");
     let plan = cx.journal.record.plan.clone().expect("plan recorded");
     let already: BTreeSet<String> = cx.journal.record.snapshots.keys().cloned().collect();
@@ -279,21 +339,8 @@ async fn send_create_snapshots(
             }
         }
     }
-    if !created.is_empty() {
-        let total = plan.instances.iter().map(|i| i.volume_ids.len()).sum::<usize>().max(1);
-        cx.journal
-            .save(|status, record, now| {
-                for c in &created {
-                    record.snapshots.insert(c.volume_id.clone(), c.snapshot_id.clone());
-                }
-                let message = format!("{} of {total} snapshots started", record.snapshots.len());
-                set_condition(status, NewCondition::truthy(ConditionType::VolumeBackupInitialized).because(Reason::Snapshotting, message), now);
-            })
-            .await?;
-        crate::crash_point!("snapshot.after-save");
-        cx.ctx.metrics.snapshots_started(created.len());
-    }
-    Ok(errors)
+    cx.ctx.metrics.snapshots_started(created.len());
+    Ok((created, errors))
 }
 
 /// Snapshots of this backup found by tag, recorded for the volumes that have none yet.

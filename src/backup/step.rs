@@ -58,11 +58,24 @@ pub struct BackupRun<'a> {
     pub ctx: &'a Context,
     pub journal: Journal,
     pub clients: Clients<'a>,
+    pub window: InWindow,
+}
+
+/// What this pass did inside the pause window that the next step may skip redoing. Kept in memory only:
+/// after a restart or a hand-over the record alone decides, and the slower path that trusts nothing
+/// unrecorded runs instead.
+#[derive(Default)]
+pub struct InWindow {
+    /// The first round of CreateSnapshots calls, recorded with the resolved ts by this pass before any
+    /// call went out: no earlier process can have calls of it in flight.
+    pub recorded_round: Option<Vec<String>>,
+    /// PD resumed by this pass while the snapshot ids were being recorded.
+    pub resumed: Option<std::result::Result<(), super::resume::ResumeError>>,
 }
 
 impl<'a> BackupRun<'a> {
     pub fn new(ctx: &'a Context, backup: crate::api::Backup) -> Result<Self> {
-        Ok(Self { ctx, journal: Journal::open(ctx, backup)?, clients: Clients::new(ctx) })
+        Ok(Self { ctx, journal: Journal::open(ctx, backup)?, clients: Clients::new(ctx), window: InWindow::default() })
     }
 
     /// The backup's claim on its TidbCluster (one backup at a time per cluster).

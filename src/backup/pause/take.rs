@@ -14,12 +14,15 @@ use crate::backup::claim::Claim;
 use crate::backup::clock::unix_now;
 use crate::backup::prepare::{self, Sessions, prepare_plan_stores};
 use crate::backup::record::{Failure, PauseRecord};
+use crate::backup::snapshot::RoundPlan;
 use crate::backup::step::{BackupRun, Outcome, StepResult};
 use crate::pd::{Pd, SCHEDULERS_TO_PAUSE, pause_config_values};
 use crate::reason::Reason;
 
 pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
     let pd = cx.clients.plan_pd(cx.journal.record.plan.as_ref()).await?;
+    // The AWS clients (credentials, a web-identity token) are made now, not while PD is paused.
+    cx.clients.aws(&cx.journal.backup).await?;
     // Held since preflight; asked again because nothing may pause a cluster another Backup holds.
     if let Claim::HeldBy(holder) = cx.claim().acquire().await? {
         return Err(Failure::new(Reason::ClusterClaimLost, format!("Backup {holder} holds the TidbCluster now; this backup did not pause it")).into());
@@ -120,16 +123,24 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
         Some(_) => "TiKV not prepared (it does not serve the prepare stream)".to_string(),
     };
     let message = format!("scheduling and GC paused at resolved ts {resolved_ts} (TTL {ttl}s, kept alive); {tikv}");
+    // The first round of CreateSnapshots calls is recorded in the same write: one Kubernetes write
+    // between the resolved ts and the calls.
+    let window_end = pause.paused_at + cx.journal.backup.spec.volume_backup_init_job_max_active_seconds;
+    let round = RoundPlan::next(cx, window_end);
     cx.journal
-        .save(|status, record, now| {
+        .save_deferring_event(|status, record, now| {
             if let Some(p) = record.pause.as_mut() {
                 p.safepoint = Some(safepoint);
             }
             record.resolved_ts = Some(resolved_ts);
             record.prepare = Some(prepare_record.clone());
+            if let Some(round) = &round {
+                round.record(record);
+            }
             set_condition(status, NewCondition::truthy(ConditionType::VolumeBackupInitialized).because(Reason::Paused, message.clone()), now);
         })
         .await?;
+    cx.window.recorded_round = round.map(|r| r.instances().to_vec());
     crate::crash_point!("pause.after-save");
     // Where the window's time went so far, counted from the first pause call (the calls and the resume follow).
     tracing::info!(applied_ms, quiet_ms, prepared_ms, saved_ms = applied_at.elapsed().as_millis() as u64, "paused");

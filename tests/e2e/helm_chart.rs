@@ -140,6 +140,32 @@ async fn chart_allows_standby_replicas_only_with_leader_election_and_renders_the
     assert!(rendered["spec"] == manifest["spec"], "the chart's PrometheusRule spec differs from manifests/monitoring/prometheus-rule.yaml");
 }
 
+#[tokio::test]
+async fn chart_projects_a_web_identity_token_only_when_asked_and_only_with_a_role() {
+    let stack = Stack::get();
+    let chart = chart();
+    let deployment = ["-s", "templates/deployment.yaml"];
+    let out = stack
+        .helm([&["template", "r", chart.as_str(), "--set", "serviceAccount.projectWebIdentityToken=true"][..], &deployment].concat())
+        .await;
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("needs serviceAccount.roleArn"), "{}", describe_output(&out));
+    let role = "serviceAccount.roleArn=arn:aws:iam::1:role/r";
+    let out = stack
+        .helm([&["template", "r", chart.as_str(), "--set", role, "--set", "serviceAccount.projectWebIdentityToken=true"][..], &deployment].concat())
+        .await;
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let rendered: serde_json::Value = serde_norway::from_slice(&out.stdout).expect("rendered Deployment");
+    let pod = &rendered["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    let value = |name: &str| env.iter().find(|e| e["name"] == name).map(|e| e["value"].clone());
+    assert_eq!(value("AWS_ROLE_ARN"), Some(serde_json::json!("arn:aws:iam::1:role/r")));
+    assert_eq!(value("AWS_WEB_IDENTITY_TOKEN_FILE"), Some(serde_json::json!("/var/run/secrets/eks.amazonaws.com/serviceaccount/token")));
+    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "aws-iam-token").expect("the token volume");
+    assert_eq!(volume["projected"]["sources"][0]["serviceAccountToken"]["audience"], "sts.amazonaws.com");
+    let out = stack.helm([&["template", "r", chart.as_str(), "--set", role][..], &deployment].concat()).await;
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("AWS_WEB_IDENTITY_TOKEN_FILE"), "off by default: EKS's webhook does it");
+}
+
 // ---- install / uninstall -------------------------------------------------------------------------
 
 #[tokio::test]

@@ -1,0 +1,3 @@
+module tidb-ebs-backup/harness/node-images
+
+go 1.24

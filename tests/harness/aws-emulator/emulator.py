@@ -88,6 +88,12 @@ def _service_region(environ: dict, params: dict) -> tuple[str, str]:
     return "unknown", "us-east-1"
 
 
+def _access_key(environ: dict, params: dict) -> str:
+    """The access key id a request is signed with ("" when unsigned)."""
+    found = re.search(r"Credential=([^/]+)/", environ.get("HTTP_AUTHORIZATION", ""))
+    return found.group(1) if found else params.get("X-Amz-Credential", "").split("/")[0]
+
+
 def _action(req: Req, environ: dict) -> str:
     if req.service == "s3":
         return _s3_operation(req, environ)
@@ -445,7 +451,11 @@ class EmulatorApp:
         req = Req(environ)
         entry: dict = {"time": started, "service": req.service, "region": req.region, "action": req.action,
                        "method": req.method, "path": req.path, "injected": False, "latency_ms": 0,
-                       "user_agent": environ.get("HTTP_USER_AGENT", "")}
+                       "user_agent": environ.get("HTTP_USER_AGENT", ""), "access_key": _access_key(environ, req.params)}
+        if req.action == "AssumeRoleWithWebIdentity":
+            # Who asked for which role, so a test can tell whose token was exchanged.
+            entry["role_arn"] = req.params.get("RoleArn", "")
+            entry["web_identity_token"] = req.params.get("WebIdentityToken", "")
         rule = FAULTS.match(req)
         if rule and rule.get("delay_ms"):
             time.sleep(rule["delay_ms"] / 1000)

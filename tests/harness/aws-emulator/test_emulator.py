@@ -362,6 +362,9 @@ def test_sts_assume_role_and_web_identity(endpoint, c):
     log = c("GET", "/_emulator/requests?service=sts")["requests"]
     assert [r["action"] for r in log] == ["AssumeRole", "AssumeRoleWithWebIdentity"]
     assert all(r["status"] == 200 for r in log)
+    assert log[1]["role_arn"] == role and log[1]["web_identity_token"] == "eyJhbGciOiJSUzI1NiJ9.e30.sig"
+    calls = c("GET", "/_emulator/requests?action=DescribeVolumes")["requests"]
+    assert calls[-1]["access_key"] == web["AccessKeyId"], "the log names the key a request was signed with"
 
 
 def test_reset(ec2, c):

@@ -14,6 +14,7 @@ mod cleanup;
 mod crash_points;
 mod helm_chart;
 mod iam_policy;
+mod in_cluster;
 mod leader;
 mod monitoring;
 mod prepare;

@@ -21,6 +21,7 @@
 pub mod e2e;
 pub mod emulator;
 pub mod fixture;
+pub mod node;
 pub mod rbac;
 
 use std::collections::BTreeMap;

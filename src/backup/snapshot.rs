@@ -125,12 +125,16 @@ pub struct RoundPlan {
 
 impl RoundPlan {
     /// The next round: every instance still without snapshots, and by when its calls (paced by the token
-    /// bucket) are all sent, never after the pause window's end (`window_end`, unix seconds).
-    pub fn next(cx: &BackupRun<'_>, window_end: i64) -> Option<RoundPlan> {
-        let instances: Vec<String> = cx.journal.record.instances_without_snapshots().iter().map(|i| i.instance_id.clone()).collect();
+    /// bucket) are all sent, never after the pause window's end (spec.volumeBackupInitJobMaxActiveSeconds
+    /// from the pause).
+    pub fn next(cx: &BackupRun<'_>) -> Option<RoundPlan> {
+        let record = &cx.journal.record;
+        let instances: Vec<String> = record.instances_without_snapshots().iter().map(|i| i.instance_id.clone()).collect();
+        let paused_at = record.pause.as_ref()?.paused_at;
         if instances.is_empty() {
             return None;
         }
+        let window_end = paused_at + cx.journal.backup.spec.volume_backup_init_job_max_active_seconds;
         let sent_at = unix_now();
         let pacing = cx.ctx.create_snapshots_bucket.time_for(instances.len()) + cx.ctx.settings.throttle_backoff_max;
         let sent_by = (sent_at + pacing.as_secs() as i64 + 1).min(window_end);
@@ -283,9 +287,8 @@ async fn send_create_snapshots(
     }
     let settings = &cx.ctx.settings;
     let requested: Vec<String> = pending.iter().map(|i| i.instance_id.clone()).collect();
-    let window_end = unix_now() + deadline.saturating_duration_since(Instant::now()).as_secs() as i64;
     if recorded.as_ref() != Some(&requested) || cx.journal.record.snapshots_sent_by.is_none() {
-        let plan = RoundPlan::next(cx, window_end).expect("instances without snapshots");
+        let plan = RoundPlan::next(cx).expect("instances without snapshots, and a pause");
         cx.journal.save(|_, record, _| plan.record(record)).await?;
     }
     let sent_by = cx.journal.record.snapshots_sent_by.expect("the round is recorded");

@@ -125,8 +125,7 @@ pub async fn run(cx: &mut BackupRun<'_>) -> StepResult {
     let message = format!("scheduling and GC paused at resolved ts {resolved_ts} (TTL {ttl}s, kept alive); {tikv}");
     // The first round of CreateSnapshots calls is recorded in the same write: one Kubernetes write
     // between the resolved ts and the calls.
-    let window_end = pause.paused_at + cx.journal.backup.spec.volume_backup_init_job_max_active_seconds;
-    let round = RoundPlan::next(cx, window_end);
+    let round = RoundPlan::next(cx);
     cx.journal
         .save_deferring_event(|status, record, now| {
             if let Some(p) = record.pause.as_mut() {
